@@ -377,4 +377,3 @@ func CheckSize(r *Record) error {
 	}
 	return nil
 }
-
