@@ -123,7 +123,7 @@ func (c *Codec) Encode(m Message, compress bool) ([]byte, error) {
 	}
 	var flags uint8
 	frame := make([]byte, HeaderLen, HeaderLen+len(payload))
-	if compress && len(payload) >= compressMin {
+	if compress && len(payload) >= compressMin && !handshake(m.Type()) {
 		flags = FlagZstd
 		frame = c.enc.EncodeAll(payload, frame)
 	} else {
@@ -161,6 +161,9 @@ func (c *Codec) Decode(frame []byte, compressed bool) (Message, error) {
 		if !compressed {
 			return nil, Errorf(ErrCompression, "compressed frame before zstd was negotiated")
 		}
+		if handshake(h.Type) {
+			return nil, Errorf(ErrCompression, "%s must not be compressed", h.Type)
+		}
 		payload, err = c.dec.DecodeAll(body, make([]byte, 0, h.Length))
 		switch {
 		case errors.Is(err, zstd.ErrDecoderSizeExceeded), errors.Is(err, zstd.ErrWindowSizeExceeded):
@@ -180,6 +183,9 @@ func (c *Codec) Decode(frame []byte, compressed bool) (Message, error) {
 	if m == nil {
 		return &Unknown{T: h.Type}, nil
 	}
+	if p := bytes.TrimLeft(payload, " \t\r\n"); len(p) == 0 || p[0] != '{' {
+		return nil, Errorf(ErrMalformed, "%s payload is not a JSON object", h.Type)
+	}
 	if err := json.Unmarshal(payload, m); err != nil {
 		var e *Error
 		if errors.As(err, &e) {
@@ -192,6 +198,10 @@ func (c *Codec) Decode(frame []byte, compressed bool) (Message, error) {
 	}
 	return m, nil
 }
+
+// handshake reports whether t is hello or welcome, which are never
+// compressed: they are sent before compression is negotiated.
+func handshake(t Type) bool { return t == TypeHello || t == TypeWelcome }
 
 // jsonErrorSummary describes a JSON error without echoing payload content:
 // values from the payload may be note text.

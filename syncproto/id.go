@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -112,7 +113,7 @@ func ValidArea(s string) bool {
 		return false
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == ',' || r == '*' {
+		if unicode.IsControl(r) || r == ',' || r == '*' {
 			return false
 		}
 	}

@@ -251,13 +251,13 @@ func (c *Change) Validate() error {
 			return bad(Errorf(ErrBadField, "field name %q is empty or longer than 63 bytes", name))
 		}
 		if len(w.Data) == 0 {
-			return bad(Errorf(ErrBadValue, "field %q has no value", name))
+			return bad(fieldErr(Errorf(ErrBadValue, "field %q has no value", name), name))
 		}
 		if err := validVersions(w.Seen); err != nil {
-			return bad(err)
+			return bad(fieldErr(err, name))
 		}
 		if err := validVersions(w.Covers); err != nil {
-			return bad(err)
+			return bad(fieldErr(err, name))
 		}
 	}
 	return nil
@@ -350,6 +350,9 @@ func (r *Record) Validate() error {
 		for _, v := range f.Values {
 			if !ValidID(v.Device) || v.Seq == 0 || len(v.Data) == 0 || !f.Seen.Covers(v.Dot()) {
 				return Errorf(ErrMalformed, "record %s field %q: value without a device, sequence or data, or outside the field's context", r.Key(), name)
+			}
+			if err := validVersions(v.Covers); err != nil {
+				return err
 			}
 		}
 	}

@@ -172,15 +172,15 @@ func ValidateChange(c *Change, cur *Record, actor Actor, cases CaseIndex) error 
 		if len(w.Covers) > 0 && name != FieldDeleted {
 			return fieldErr(Errorf(ErrBadChange, "covers is allowed only on %s", FieldDeleted), name)
 		}
+		if name == FieldDeleted && c.Collection == Cases {
+			return fieldErr(Errorf(ErrNotDeletable, "cases cannot be deleted; set status to closed"), name)
+		}
 		spec, known := schema[name]
 		if !known {
 			if !extraField.MatchString(name) {
 				return fieldErr(Errorf(ErrBadField, "field name %q: use lowercase letters, digits and '_', starting with a letter, at most 63 bytes", name), name)
 			}
 			spec = fieldSpec{typ: typeAny, nullable: true}
-		}
-		if name == FieldDeleted && c.Collection == Cases {
-			return fieldErr(Errorf(ErrNotDeletable, "cases cannot be deleted; set status to closed"), name)
 		}
 		data, err := checkValue(name, spec, w.Data)
 		if err != nil {

@@ -192,8 +192,8 @@ type Key struct {
 func (k Key) String() string { return string(k.Collection) + "/" + k.ID }
 
 // Join merges state o into r. Both must be the same record. After the join
-// a case's Area follows its area field; an entry keeps its Area if set,
-// else takes o's.
+// a case's Area follows its area field; an entry takes o's Area if o names
+// one (the server's filing), else keeps its own.
 func (r *Record) Join(o *Record) {
 	if r.Fields == nil {
 		r.Fields = make(map[string]Field, len(o.Fields))
@@ -205,7 +205,9 @@ func (r *Record) Join(o *Record) {
 			r.Fields[name] = JoinField(Field{}, f)
 		}
 	}
-	if r.Area == "" {
+	// Area is the server's to set: a state that names one (the server's
+	// latest) wins, so an entry follows its case to a new area.
+	if o.Area != "" {
 		r.Area = o.Area
 	}
 	if r.Collection == Cases {

@@ -1,0 +1,261 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/casesync/casesync/syncproto"
+)
+
+// push applies a push from a session and returns its ack. Changes are
+// applied in order, each accepted or rejected on its own; the accepted ones
+// are durable when push returns. An error means nothing could be committed.
+func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) {
+	if len(p.Changes) > srv.cfg.MaxBatch {
+		return nil, syncproto.Errorf(syncproto.ErrBatchTooLarge, "push of %d changes; this server takes at most %d", len(p.Changes), srv.cfg.MaxBatch)
+	}
+	if !ss.pushes.take(float64(len(p.Changes))) {
+		wait := ss.pushes.wait(float64(len(p.Changes)))
+		ack := &syncproto.Ack{}
+		for _, c := range p.Changes {
+			ack.Rejected = append(ack.Rejected, syncproto.Error{
+				Code: syncproto.CodeRate, Message: "this device pushes faster than allowed; retry later",
+				Change: c.Seq, RetryAfterMS: max(1, wait.Milliseconds()),
+			})
+		}
+		srv.metrics.changes.WithLabelValues(string(syncproto.CodeRate)).Add(float64(len(p.Changes)))
+		return ack, nil
+	}
+	actor := syncproto.Actor{User: ss.user.Name, Device: ss.device.ID}
+	scope := ss.currentScope()
+	var ack *syncproto.Ack
+	var touched map[string]struct{}
+	start := time.Now()
+	// The push must commit even if the session is ending: a graceful
+	// shutdown finishes in-flight batches and acknowledges them.
+	err := srv.store.Update(context.Background(), func(tx Tx) error {
+		ack = &syncproto.Ack{}
+		touched = make(map[string]struct{})
+		for i := range p.Changes {
+			// Work on a copy: fn may run again after a failed group commit.
+			ch := cloneChange(&p.Changes[i])
+			areas, err := srv.applyChange(tx, actor, scope, ch)
+			var pe *syncproto.Error
+			switch {
+			case err == nil:
+				ack.Accepted = append(ack.Accepted, ch.Seq)
+				for _, a := range areas {
+					touched[a] = struct{}{}
+				}
+			case errors.As(err, &pe):
+				r := *pe
+				r.Change = ch.Seq
+				ack.Rejected = append(ack.Rejected, r)
+			default:
+				return err
+			}
+		}
+		var err error
+		ack.Seq, err = tx.Head()
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply push: %w", err)
+	}
+	srv.metrics.commit.Observe(time.Since(start).Seconds())
+	srv.metrics.changes.WithLabelValues("accepted").Add(float64(len(ack.Accepted)))
+	for _, r := range ack.Rejected {
+		srv.metrics.changes.WithLabelValues(string(r.Code)).Inc()
+	}
+	if len(ack.Rejected) > 0 {
+		ss.log.Info("push partly rejected", "accepted", len(ack.Accepted), "rejected", len(ack.Rejected), "first_code", string(ack.Rejected[0].Code), "first_reason", ack.Rejected[0].Reason)
+	}
+	if len(touched) > 0 {
+		srv.hub.wake(touched)
+	}
+	return ack, nil
+}
+
+func cloneChange(c *syncproto.Change) *syncproto.Change {
+	out := *c
+	out.Fields = make(map[string]syncproto.Write, len(c.Fields))
+	for k, v := range c.Fields {
+		out.Fields[k] = v
+	}
+	return &out
+}
+
+// caseIndex answers validation's questions about cases from a transaction.
+type caseIndex struct{ tx Tx }
+
+func (ci caseIndex) CaseArea(id string) (string, bool) {
+	r, _, err := ci.tx.Record(syncproto.Key{Collection: syncproto.Cases, ID: id})
+	if err != nil {
+		return "", false
+	}
+	return r.Area, true
+}
+
+// applyChange validates one change and, if it is acceptable, merges it into
+// the record, logs it and files it. It returns the areas it touched. A
+// *syncproto.Error rejects the change; any other error aborts the push.
+func (srv *Server) applyChange(tx Tx, actor syncproto.Actor, scope syncproto.Scope, ch *syncproto.Change) ([]string, error) {
+	digest, err := changeDigest(ch)
+	if err != nil {
+		return nil, err
+	}
+	prev, seen, err := tx.Accepted(actor.Device, ch.Seq)
+	if err != nil {
+		return nil, err
+	}
+	if seen {
+		if string(prev) == string(digest) {
+			return nil, nil // a resend: accepted before, nothing to do
+		}
+		return nil, syncproto.Errorf(syncproto.ErrBadChange, "change %d of this device was already accepted with other content; device sequence numbers must not be reused", ch.Seq)
+	}
+	cur, _, err := tx.Record(ch.Key())
+	switch {
+	case errors.Is(err, ErrNotFound):
+		cur = nil
+	case err != nil:
+		return nil, err
+	}
+	area, err := srv.changeArea(tx, ch, cur)
+	if err != nil {
+		return nil, err
+	}
+	if !scope.Contains(area) {
+		return nil, syncproto.Errorf(syncproto.ErrOutOfScope, "%s is in an area outside your scope", ch.Key())
+	}
+	if err := syncproto.ValidateChange(ch, cur, actor, caseIndex{tx}); err != nil {
+		return nil, err
+	}
+	// A laptop clock far ahead gets the server's time instead (PROTOCOL.md §6.4).
+	ch.Stamp, _ = srv.clock.Bound(ch.Stamp)
+
+	rec := cur
+	if rec == nil {
+		rec = &syncproto.Record{Collection: ch.Collection, ID: ch.ID, Area: area}
+	}
+	oldArea := rec.Area
+	rec.Join(ch.State(actor.Device))
+	if ch.Collection == syncproto.Entries {
+		rec.Area = area
+	}
+	if err := syncproto.CheckSize(rec); err != nil {
+		return nil, err
+	}
+	seq, err := tx.NextSeq()
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.AppendLog(seq, LogEntry{Device: actor.Device, User: actor.User, Area: rec.Area, Change: *ch, At: srv.cfg.Now().UTC()}); err != nil {
+		return nil, err
+	}
+	if err := srv.file(tx, rec, seq); err != nil {
+		return nil, err
+	}
+	if err := tx.MarkAccepted(actor.Device, ch.Seq, digest); err != nil {
+		return nil, err
+	}
+	touched := []string{rec.Area}
+	if ch.Collection == syncproto.Cases && oldArea != "" && rec.Area != oldArea {
+		// The case moved (a tenant was rehoused): its journal moves with it.
+		if err := srv.refileEntries(tx, ch.ID, rec.Area); err != nil {
+			return nil, err
+		}
+		touched = append(touched, oldArea)
+	}
+	return touched, nil
+}
+
+// changeArea returns the area that decides whether the change is in scope:
+// the case's current area, the area a new case names, or an entry's case's
+// area.
+func (srv *Server) changeArea(tx Tx, ch *syncproto.Change, cur *syncproto.Record) (string, error) {
+	if ch.Collection == syncproto.Cases {
+		if cur != nil {
+			return cur.Area, nil
+		}
+		var a string
+		if w, ok := ch.Fields[syncproto.FieldArea]; ok {
+			_ = json.Unmarshal(w.Data, &a)
+		}
+		if a == "" {
+			return "", syncproto.Errorf(syncproto.ErrMissingField, "a new case needs field %q", syncproto.FieldArea)
+		}
+		return a, nil
+	}
+	var caseID string
+	if cur != nil {
+		caseID, _ = cur.String(syncproto.FieldCaseID)
+	} else if w, ok := ch.Fields[syncproto.FieldCaseID]; ok {
+		_ = json.Unmarshal(w.Data, &caseID)
+	}
+	if caseID == "" {
+		return "", syncproto.Errorf(syncproto.ErrMissingField, "a new entry needs field %q", syncproto.FieldCaseID)
+	}
+	area, ok := caseIndex{tx}.CaseArea(caseID)
+	if !ok {
+		return "", syncproto.Errorf(syncproto.ErrUnknownCase, "entry %s names case %q, which does not exist", ch.ID, caseID)
+	}
+	return area, nil
+}
+
+// file stores rec at seq and keeps the conflict index in step.
+func (srv *Server) file(tx Tx, rec *syncproto.Record, seq uint64) error {
+	if err := tx.PutRecord(rec, seq); err != nil {
+		return err
+	}
+	return tx.SetConflict(rec.Key(), rec.Area, len(rec.Conflicts()) > 0)
+}
+
+// refileEntries files every entry of a case under its new area, each at a
+// new sequence, leaving eviction markers in the old area.
+func (srv *Server) refileEntries(tx Tx, caseID, area string) error {
+	ids, err := tx.CaseEntries(caseID)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		e, _, err := tx.Record(syncproto.Key{Collection: syncproto.Entries, ID: id})
+		if err != nil {
+			return fmt.Errorf("refile entry %s: %w", id, err)
+		}
+		if e.Area == area {
+			continue
+		}
+		e.Area = area
+		seq, err := tx.NextSeq()
+		if err != nil {
+			return err
+		}
+		if err := srv.file(tx, e, seq); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// changeDigest identifies a change's content, with values canonical, so a
+// resend is recognised and a reused sequence number is caught.
+func changeDigest(ch *syncproto.Change) ([]byte, error) {
+	c := cloneChange(ch)
+	for k, w := range c.Fields {
+		if v, err := syncproto.Canonical(w.Data); err == nil {
+			w.Data = v
+			c.Fields[k] = w
+		}
+	}
+	b, err := syncproto.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(b)
+	return sum[:], nil
+}

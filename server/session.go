@@ -1,0 +1,460 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/contrib/websocket"
+
+	"github.com/casesync/casesync/syncproto"
+)
+
+// session is one device's WebSocket connection. Three goroutines serve it:
+// the handler goroutine reads frames and applies pushes (Fiber requires it to
+// block for the connection's life), a writer owns every write to the socket
+// (two writers would corrupt it), and a streamer sends the backlog and then
+// live changes. The reader owns the session's end: it stops the streamer,
+// lets the writer drain queued acknowledgements and send the close frame,
+// and waits for both.
+type session struct {
+	srv    *Server
+	conn   *websocket.Conn
+	log    *slog.Logger
+	device Device
+	user   User
+
+	// scope is the user's current scope; hub.wake reads it concurrently.
+	mu    sync.Mutex
+	scope syncproto.Scope
+
+	compress bool // zstd negotiated
+	live     bool
+
+	out        chan []byte   // frames for the writer
+	wakeCh     chan struct{} // the log grew in the session's scope
+	scopeCh    chan struct{} // the user's scope changed
+	stop       chan struct{} // closed when the session must end
+	stopOnce   sync.Once
+	writerDone chan struct{} // closed when the writer has returned
+	drain      chan struct{} // closed by the reader: writer may finish
+	stopping   atomic.Bool
+	endMu      sync.Mutex
+	endCode    int
+	endText    string
+	endErr     *syncproto.Error // sent before the close frame, if set
+
+	// sentCP is the last checkpoint sent; the streamer owns it.
+	sentCP syncproto.Checkpoint
+
+	pushes  *bucket // changes per second
+	frames  *bucket // frames per second
+	bytesIn int64
+}
+
+const outQueue = 64
+
+func (srv *Server) newSession(c *websocket.Conn, d Device, u User) *session {
+	now := srv.cfg.Now
+	return &session{
+		srv: srv, conn: c, device: d, user: u,
+		log:        srv.log.With("device", d.ID),
+		out:        make(chan []byte, outQueue),
+		wakeCh:     make(chan struct{}, 1),
+		scopeCh:    make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+		drain:      make(chan struct{}),
+		pushes:     newBucket(float64(srv.cfg.Rate), float64(srv.cfg.Burst), now),
+		frames:     newBucket(float64(srv.cfg.MessageRate), float64(4*srv.cfg.MessageRate), now),
+	}
+}
+
+// sees reports whether the session's scope covers any of areas.
+func (ss *session) sees(areas map[string]struct{}) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.scope.All {
+		return len(areas) > 0
+	}
+	for _, a := range ss.scope.Areas {
+		if _, ok := areas[a]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (ss *session) currentScope() syncproto.Scope {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.scope
+}
+
+func (ss *session) setScope(sc syncproto.Scope) {
+	ss.mu.Lock()
+	ss.scope = sc
+	ss.mu.Unlock()
+}
+
+func (ss *session) wake() {
+	select {
+	case ss.wakeCh <- struct{}{}:
+	default:
+	}
+}
+
+func (ss *session) scopeChanged() {
+	select {
+	case ss.scopeCh <- struct{}{}:
+	default:
+	}
+}
+
+// close ends the session with a close frame after in-flight work finishes.
+func (ss *session) close(code int, text string) { ss.end(code, text, nil) }
+
+// fail ends the session with an error message and the error's close code.
+func (ss *session) fail(err *syncproto.Error) { ss.end(err.Code.CloseCode(), string(err.Code), err) }
+
+func (ss *session) end(code int, text string, err *syncproto.Error) {
+	ss.endMu.Lock()
+	if ss.endCode == 0 {
+		ss.endCode, ss.endText, ss.endErr = code, text, err
+	}
+	ss.endMu.Unlock()
+	ss.stopping.Store(true)
+	ss.stopOnce.Do(func() { close(ss.stop) })
+	// Unblock the reader; it finishes what it is doing and tears down.
+	_ = ss.conn.SetReadDeadline(time.Now())
+}
+
+// abort drops the connection at once.
+func (ss *session) abort() {
+	ss.end(syncproto.CloseGoingAway, "aborted", nil)
+	_ = ss.conn.NetConn().Close()
+}
+
+// send queues a frame for the writer. It gives up if the writer is gone or,
+// for streamed frames (mayStop), the session is stopping.
+func (ss *session) send(frame []byte, mayStop bool) bool {
+	if mayStop {
+		select {
+		case ss.out <- frame:
+			return true
+		case <-ss.stop:
+			return false
+		case <-ss.writerDone:
+			return false
+		}
+	}
+	select {
+	case ss.out <- frame:
+		return true
+	case <-ss.writerDone:
+		return false
+	}
+}
+
+func (ss *session) sendMsg(m syncproto.Message, mayStop bool) bool {
+	frame, err := ss.srv.codec.Encode(m, ss.compress)
+	if err != nil {
+		ss.log.Error("encode message", "type", m.Type().String(), "err", err)
+		ss.fail(syncproto.ToWire(errors.New("encode failed")))
+		return false
+	}
+	ss.srv.metrics.bytes.WithLabelValues("out").Add(float64(len(frame)))
+	return ss.send(frame, mayStop)
+}
+
+// writeLoop owns every write to the socket.
+func (ss *session) writeLoop() {
+	defer close(ss.writerDone)
+	ping := time.NewTicker(ss.srv.cfg.PingInterval)
+	defer ping.Stop()
+	write := func(frame []byte) error {
+		_ = ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.WriteTimeout))
+		return ss.conn.WriteMessage(websocket.BinaryMessage, frame)
+	}
+	for {
+		select {
+		case f := <-ss.out:
+			if err := write(f); err != nil {
+				ss.end(syncproto.CloseGoingAway, "write failed", nil)
+				_ = ss.conn.NetConn().Close()
+				return
+			}
+		case <-ping.C:
+			if err := ss.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(ss.srv.cfg.WriteTimeout)); err != nil {
+				ss.end(syncproto.CloseGoingAway, "ping failed", nil)
+				_ = ss.conn.NetConn().Close()
+				return
+			}
+		case <-ss.drain:
+			for {
+				select {
+				case f := <-ss.out:
+					if write(f) != nil {
+						_ = ss.conn.NetConn().Close()
+						return
+					}
+					continue
+				default:
+				}
+				break
+			}
+			ss.endMu.Lock()
+			code, text, e := ss.endCode, ss.endText, ss.endErr
+			ss.endMu.Unlock()
+			if code == 0 {
+				code, text = syncproto.CloseNormal, ""
+			}
+			if e != nil {
+				if f, err := ss.srv.codec.Encode(e, false); err == nil {
+					_ = write(f)
+				}
+			}
+			_ = ss.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+			_ = ss.conn.NetConn().Close()
+			return
+		}
+	}
+}
+
+// run serves the session until it ends. It is the handler goroutine.
+func (ss *session) run() {
+	var streamer sync.WaitGroup
+	go ss.writeLoop() // owned by run: it returns after drain, and run waits for writerDone
+	defer func() {
+		ss.end(syncproto.CloseNormal, "", nil)
+		streamer.Wait() // the streamer stops on ss.stop
+		close(ss.drain)
+		<-ss.writerDone
+	}()
+	// A panic in a handler must never reach the client as text: log it and
+	// end the session with a generic internal error.
+	defer func() {
+		if p := recover(); p != nil {
+			ss.log.Error("panic in session", "panic", p)
+			ss.fail(syncproto.ToWire(errors.New("panic")))
+		}
+	}()
+
+	hello, err := ss.readHello()
+	if err != nil {
+		ss.fail(syncproto.ToWire(err))
+		return
+	}
+	if err := ss.welcome(hello); err != nil {
+		ss.fail(syncproto.ToWire(err))
+		return
+	}
+	streamer.Add(1)
+	go func() { defer streamer.Done(); ss.stream(hello.Checkpoint) }()
+	ss.readLoop()
+}
+
+// readFrame reads one binary message with the read deadline armed.
+func (ss *session) readFrame(timeout time.Duration) ([]byte, error) {
+	_ = ss.conn.SetReadDeadline(time.Now().Add(timeout))
+	if ss.stopping.Load() {
+		return nil, errStopping
+	}
+	typ, frame, err := ss.conn.ReadMessage()
+	if err != nil {
+		if errors.Is(err, websocket.ErrReadLimit) {
+			return nil, syncproto.Errorf(syncproto.ErrFrameTooLarge, "frame exceeds %d bytes", ss.srv.codec.MaxFrame())
+		}
+		return nil, err
+	}
+	ss.bytesIn += int64(len(frame))
+	ss.srv.metrics.bytes.WithLabelValues("in").Add(float64(len(frame)))
+	if typ != websocket.BinaryMessage {
+		return nil, syncproto.Errorf(syncproto.ErrMalformed, "text WebSocket messages are not part of the protocol; send binary frames")
+	}
+	if !ss.frames.take(1) {
+		return nil, &syncproto.Error{Code: syncproto.CodeRate, Reason: "flood", Message: "too many messages; slow down", RetryAfterMS: 1000}
+	}
+	return frame, nil
+}
+
+var errStopping = errors.New("session stopping")
+
+// readHello waits for the first frame, which must be hello.
+func (ss *session) readHello() (*syncproto.Hello, error) {
+	ss.conn.SetReadLimit(int64(syncproto.HeaderLen + syncproto.MaxHelloPayload))
+	frame, err := ss.readFrame(ss.srv.cfg.HandshakeTimeout)
+	if err != nil {
+		return nil, ss.peerErr(err)
+	}
+	h, err := syncproto.ParseHeader(frame)
+	if err != nil {
+		return nil, err
+	}
+	if h.Type != syncproto.TypeHello {
+		return nil, syncproto.Errorf(syncproto.ErrUnexpected, "the first message must be hello, not %s", h.Type)
+	}
+	m, err := ss.srv.codec.Decode(frame, false)
+	if err != nil {
+		return nil, err
+	}
+	hello := m.(*syncproto.Hello)
+	if err := syncproto.Negotiate(hello.Version); err != nil {
+		return nil, err
+	}
+	if hello.Device != ss.device.ID {
+		return nil, &syncproto.Error{Code: syncproto.CodeAuth, Reason: "device_mismatch", Message: "hello names another device than the token's; use this device's own token"}
+	}
+	return hello, nil
+}
+
+// peerErr turns a read error into what to tell the peer, if anything.
+func (ss *session) peerErr(err error) error {
+	var pe *syncproto.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	return &syncproto.Error{Code: syncproto.CodeProtocol, Reason: "timeout", Message: "no hello in time; send hello first"}
+}
+
+func (ss *session) welcome(hello *syncproto.Hello) error {
+	for _, c := range hello.Compression {
+		if c == syncproto.CompressionZstd {
+			ss.compress = true
+		}
+	}
+	ss.live = hello.Live
+	var scope syncproto.Scope
+	var head uint64
+	err := ss.srv.store.View(context.Background(), func(tx Tx) error {
+		var err error
+		if scope, err = ss.srv.scopeOf(tx, ss.user); err != nil {
+			return err
+		}
+		head, err = tx.Head()
+		return err
+	})
+	if err != nil {
+		ss.log.Error("welcome: read scope", "err", err)
+		return err
+	}
+	ss.setScope(scope)
+	w := &syncproto.Welcome{
+		Version:  hello.Version, // Negotiate accepted it
+		ServerID: ss.srv.store.Meta().ServerID,
+		Epoch:    ss.srv.store.Meta().Epoch,
+		User:     ss.user.Name,
+		Role:     ss.user.Role,
+		Scope:    scope,
+		Limits: syncproto.Limits{
+			MaxPayload: ss.srv.cfg.MaxPayload, MaxBatch: ss.srv.cfg.MaxBatch,
+			MaxRecord: syncproto.MaxRecord, MaxText: syncproto.MaxText, Rate: ss.srv.cfg.Rate,
+		},
+		Time: ss.srv.cfg.Now().UnixMilli(),
+		Seq:  head,
+	}
+	if ss.compress {
+		w.Compression = syncproto.CompressionZstd
+	}
+	// Welcome is never compressed: the client learns only from it that it may be.
+	frame, err := ss.srv.codec.Encode(w, false)
+	if err != nil {
+		return err
+	}
+	if !ss.send(frame, false) {
+		return errStopping
+	}
+	ss.conn.SetReadLimit(int64(ss.srv.codec.MaxFrame()))
+	ss.log.Info("session started", "user_role", ss.user.Role, "live", ss.live, "checkpoint_seq", hello.Checkpoint.Seq)
+	return nil
+}
+
+// readLoop reads frames until the session ends.
+func (ss *session) readLoop() {
+	ss.conn.SetPongHandler(func(string) error {
+		if !ss.stopping.Load() {
+			_ = ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.ReadTimeout))
+		}
+		return nil
+	})
+	for {
+		frame, err := ss.readFrame(ss.srv.cfg.ReadTimeout)
+		if err != nil {
+			var pe *syncproto.Error
+			if errors.As(err, &pe) {
+				ss.fail(pe)
+			}
+			return
+		}
+		m, err := ss.srv.codec.Decode(frame, ss.compress)
+		if err != nil {
+			ss.fail(syncproto.ToWire(err))
+			return
+		}
+		switch m := m.(type) {
+		case *syncproto.Push:
+			ack, err := ss.srv.push(ss, m)
+			if err != nil {
+				ss.log.Error("push failed", "err", err)
+				ss.fail(syncproto.ToWire(err))
+				return
+			}
+			if !ss.sendMsg(ack, false) {
+				return
+			}
+		case *syncproto.Unknown:
+			// A newer client's message: skip it.
+		case *syncproto.Error:
+			ss.log.Info("client reported an error", "code", string(m.Code), "reason", m.Reason)
+		default:
+			ss.fail(syncproto.Errorf(syncproto.ErrUnexpected, "a client may not send %s after hello", m.Type()))
+			return
+		}
+	}
+}
+
+// bucket is a token bucket: rate tokens per second, up to burst.
+type bucket struct {
+	mu     sync.Mutex
+	rate   float64
+	burst  float64
+	tokens float64
+	last   time.Time
+	now    func() time.Time
+}
+
+func newBucket(rate, burst float64, now func() time.Time) *bucket {
+	return &bucket{rate: rate, burst: burst, tokens: burst, last: now(), now: now}
+}
+
+func (b *bucket) refill() {
+	t := b.now()
+	b.tokens = min(b.burst, b.tokens+t.Sub(b.last).Seconds()*b.rate)
+	b.last = t
+}
+
+// take removes n tokens if there are that many.
+func (b *bucket) take(n float64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refill()
+	if b.tokens < n {
+		return false
+	}
+	b.tokens -= n
+	return true
+}
+
+// wait returns how long until n tokens are available.
+func (b *bucket) wait(n float64) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refill()
+	if b.tokens >= n {
+		return 0
+	}
+	return time.Duration((n - b.tokens) / b.rate * float64(time.Second))
+}
