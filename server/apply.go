@@ -130,7 +130,13 @@ func (srv *Server) applyChange(tx Tx, actor syncproto.Actor, scope syncproto.Sco
 		return nil, err
 	}
 	if !scope.Contains(area) {
-		return nil, syncproto.Errorf(syncproto.ErrOutOfScope, "%s is in an area outside your scope", ch.Key())
+		ok, err := movedAway(tx, ch, cur, scope)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, syncproto.Errorf(syncproto.ErrOutOfScope, "%s is in an area outside your scope", ch.Key())
+		}
 	}
 	if err := syncproto.ValidateChange(ch, cur, actor, caseIndex{tx}); err != nil {
 		return nil, err
@@ -166,12 +172,42 @@ func (srv *Server) applyChange(tx Tx, actor syncproto.Actor, scope syncproto.Sco
 	touched := []string{rec.Area}
 	if ch.Collection == syncproto.Cases && oldArea != "" && rec.Area != oldArea {
 		// The case moved (a tenant was rehoused): its journal moves with it.
+		if err := tx.AddCaseMove(ch.ID, Move{From: oldArea, To: rec.Area, Stamp: ch.Stamp}); err != nil {
+			return nil, err
+		}
 		if err := srv.refileEntries(tx, ch.ID, rec.Area); err != nil {
 			return nil, err
 		}
 		touched = append(touched, oldArea)
 	}
 	return touched, nil
+}
+
+// movedAway reports whether ch is a new entry, written before its case
+// moved out of the writer's scope, about a case that was in scope when it
+// was written: a caseworker's offline note about a tenant rehoused
+// meanwhile. Such a note is accepted and follows the case to its new area;
+// nothing else outside the scope is.
+func movedAway(tx Tx, ch *syncproto.Change, cur *syncproto.Record, scope syncproto.Scope) (bool, error) {
+	if ch.Collection != syncproto.Entries || cur != nil {
+		return false, nil
+	}
+	var caseID string
+	if w, ok := ch.Fields[syncproto.FieldCaseID]; ok {
+		_ = json.Unmarshal(w.Data, &caseID)
+	}
+	moves, err := tx.CaseMoves(caseID)
+	if err != nil {
+		return false, err
+	}
+	// The case's area at the time of the write is the From of the first
+	// move made after it.
+	for _, m := range moves {
+		if ch.Stamp < m.Stamp {
+			return scope.Contains(m.From), nil
+		}
+	}
+	return false, nil
 }
 
 // changeArea returns the area that decides whether the change is in scope:

@@ -53,6 +53,7 @@ func (s *Server) routes() *fiber.App {
 		EnableCompression: false, // zstd in the frame instead: see PROTOCOL.md §2
 		RecoverHandler:    s.recoverSession,
 	}))
+	app.Get("/v1/device", s.authToken, s.whoami)
 	s.adminRoutes(app.Group("/v1/admin", s.authAdmin))
 	return app
 }
@@ -101,6 +102,38 @@ func (s *Server) authDevice(c *fiber.Ctx) error {
 	if !websocket.IsWebSocketUpgrade(c) {
 		return c.Status(http.StatusUpgradeRequired).JSON(&syncproto.Error{Code: syncproto.CodeProtocol, Reason: "upgrade", Message: "this endpoint speaks the casesync protocol over WebSocket"})
 	}
+	return s.authToken(c)
+}
+
+// Identity is what GET /v1/device tells an enrolling client about its token.
+type Identity struct {
+	Device string          `json:"device"`
+	User   string          `json:"user"`
+	Role   string          `json:"role"`
+	Scope  syncproto.Scope `json:"scope"`
+}
+
+// whoami answers GET /v1/device: the device and user a token belongs to,
+// so that a client enrolled with a token alone learns its device ID.
+func (s *Server) whoami(c *fiber.Ctx) error {
+	dev, _ := c.Locals(localDevice).(Device)
+	user, _ := c.Locals(localUser).(User)
+	id := Identity{Device: dev.ID, User: user.Name, Role: user.Role}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.store.View(ctx, func(tx Tx) error {
+		var err error
+		id.Scope, err = s.scopeOf(tx, user)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return c.JSON(id)
+}
+
+// authToken authenticates a device's bearer token.
+func (s *Server) authToken(c *fiber.Ctx) error {
 	tok, ok := bearer(c.Get(fiber.HeaderAuthorization))
 	if !ok {
 		return c.Status(http.StatusUnauthorized).JSON(errNoToken)

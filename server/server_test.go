@@ -67,9 +67,25 @@ func (d *device) edit(cur *syncproto.Record, fields map[string]json.RawMessage) 
 
 func push(t *testing.T, c *servertest.Conn, changes ...syncproto.Change) *syncproto.Ack {
 	t.Helper()
-	c.Send(&syncproto.Push{Changes: changes})
-	ack, _ := servertest.Until[*syncproto.Ack](c)
+	ack, _ := pushCollect(t, c, changes...)
 	return ack
+}
+
+// pushCollect pushes and returns the ack and the messages that arrived before it.
+func pushCollect(t *testing.T, c *servertest.Conn, changes ...syncproto.Change) (*syncproto.Ack, []syncproto.Message) {
+	t.Helper()
+	c.Send(&syncproto.Push{Changes: changes})
+	return servertest.Until[*syncproto.Ack](c)
+}
+
+func evictions(msgs []syncproto.Message, into map[string]bool) {
+	for _, m := range msgs {
+		if ch, ok := m.(*syncproto.Changes); ok {
+			for _, e := range ch.Evicted {
+				into[e.ID] = true
+			}
+		}
+	}
 }
 
 // pullAll connects with a fresh checkpoint and returns every record sent
@@ -406,30 +422,43 @@ func TestServer_CaseMove(t *testing.T) {
 	if _, before := servertest.Until[*syncproto.CaughtUp](ca); len(before) == 0 {
 		t.Fatal("anouk's backlog is empty, want her case and entries")
 	}
+	// A note Anouk wrote offline before the move, pushed after it.
+	offline := a.newEntry("n3", "case1", "anouk", "written offline before the move")
 	cur := create.State(a.id)
-	if ack := push(t, ca, a.edit(cur, map[string]json.RawMessage{"area": raw(`"Ondiep"`)})); len(ack.Accepted) != 1 {
+	evicted := map[string]bool{}
+	ack, before := pushCollect(t, ca, a.edit(cur, map[string]json.RawMessage{"area": raw(`"Ondiep"`)}))
+	if len(ack.Accepted) != 1 {
 		t.Fatalf("move ack = %+v", ack)
 	}
+	evictions(before, evicted)
+	ack, before = pushCollect(t, ca, offline)
+	if len(ack.Accepted) != 1 {
+		t.Fatalf("offline note written before the move: ack = %+v, want accepted", ack)
+	}
+	evictions(before, evicted)
+	// A note written after the move is outside her scope now.
+	ack, before = pushCollect(t, ca, a.newEntry("n4", "case1", "anouk", "too late"))
+	if len(ack.Rejected) != 1 || ack.Rejected[0].Code != syncproto.CodeScope {
+		t.Fatalf("note written after the move: ack = %+v, want scope", ack)
+	}
+	evictions(before, evicted)
 	// Chantal receives the case and both entries.
 	got := map[string]string{}
-	for len(got) < 3 {
+	for len(got) < 4 {
 		ch, _ := servertest.Until[*syncproto.Changes](cc)
 		for _, r := range ch.Records {
 			got[r.ID] = r.Area
 		}
 	}
-	for _, id := range []string{"case1", "n1", "n2"} {
+	for _, id := range []string{"case1", "n1", "n2", "n3"} {
 		if got[id] != "Ondiep" {
 			t.Errorf("chantal has %s in area %q, want Ondiep", id, got[id])
 		}
 	}
-	// Anouk is told to evict all three.
-	evicted := map[string]bool{}
-	for len(evicted) < 3 {
+	// Anouk is told to evict the case and the entries she held.
+	for !evicted["case1"] || !evicted["n1"] || !evicted["n2"] {
 		ch, _ := servertest.Until[*syncproto.Changes](ca)
-		for _, e := range ch.Evicted {
-			evicted[e.ID] = true
-		}
+		evictions([]syncproto.Message{ch}, evicted)
 	}
 	// A fresh pull by Anouk holds nothing.
 	if got := pullAll(t, s, a); len(got) != 0 {

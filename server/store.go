@@ -71,6 +71,11 @@ type Tx interface {
 	// recognised.
 	MarkAccepted(device string, seq uint64, digest []byte) error
 
+	// CaseMoves returns a case's area history, oldest first.
+	CaseMoves(caseID string) ([]Move, error)
+	// AddCaseMove appends to a case's area history.
+	AddCaseMove(caseID string, m Move) error
+
 	// SetConflict records whether a record has open conflicts, for the
 	// admin view.
 	SetConflict(k syncproto.Key, area string, open bool) error
@@ -115,6 +120,16 @@ type Item struct {
 	Record *syncproto.Record
 	// MovedTo is the record's new area, for an eviction marker.
 	MovedTo string
+}
+
+// Move is one change of a case's area: a tenant was rehoused. The server
+// keeps the history so that a note written offline about the case before it
+// moved still reaches the case (PROTOCOL.md §7).
+type Move struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// Stamp is the stamp of the write that moved the case.
+	Stamp syncproto.Stamp `json:"at"`
 }
 
 // User is a person who syncs.
