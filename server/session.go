@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -384,8 +385,13 @@ func (ss *session) readLoop() {
 		frame, err := ss.readFrame(ss.srv.cfg.ReadTimeout)
 		if err != nil {
 			var pe *syncproto.Error
-			if errors.As(err, &pe) {
+			var ne net.Error
+			switch {
+			case errors.As(err, &pe):
 				ss.fail(pe)
+			case errors.As(err, &ne) && ne.Timeout() && !ss.stopping.Load():
+				// A silent peer (no frames, no pongs): drop it.
+				ss.end(syncproto.CloseGoingAway, "read timeout", nil)
 			}
 			return
 		}
