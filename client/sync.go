@@ -251,7 +251,6 @@ func (r *round) handshake(ctx context.Context, quit chan struct{}) error {
 		mid := sent.Add(recv.Sub(sent) / 2)
 		offset := time.UnixMilli(m.Time).Sub(mid)
 		c.clock.SetOffset(offset)
-		r.cn.compress = m.Compression == syncproto.CompressionZstd
 		r.limits, r.head = m.Limits, m.Seq
 		return c.update(func(tx *stx) error {
 			meta, err := tx.meta()

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -22,7 +23,7 @@ import (
 type conn struct {
 	ws       *websocket.Conn
 	codec    *syncproto.Codec
-	compress bool
+	compress atomic.Bool // zstd negotiated; set by the reader on welcome
 	msgs     chan inbound
 	done     chan struct{} // closed when the reader returns
 }
@@ -113,7 +114,12 @@ func (cn *conn) readLoop(timeout time.Duration, quit <-chan struct{}) {
 			in.err = syncproto.Errorf(syncproto.ErrMalformed, "server sent a text message")
 		default:
 			extend()
-			in.msg, in.err = cn.codec.Decode(frame, cn.compress)
+			in.msg, in.err = cn.codec.Decode(frame, cn.compress.Load())
+			if w, ok := in.msg.(*syncproto.Welcome); ok {
+				// Frames after the welcome may be compressed: decide before
+				// reading the next one.
+				cn.compress.Store(w.Compression == syncproto.CompressionZstd)
+			}
 		}
 		select {
 		case cn.msgs <- in:
@@ -127,7 +133,7 @@ func (cn *conn) readLoop(timeout time.Duration, quit <-chan struct{}) {
 }
 
 func (cn *conn) send(m syncproto.Message) error {
-	frame, err := cn.codec.Encode(m, cn.compress)
+	frame, err := cn.codec.Encode(m, cn.compress.Load())
 	if err != nil {
 		return err
 	}
