@@ -104,6 +104,9 @@ func (ci caseIndex) CaseArea(id string) (string, bool) {
 // the record, logs it and files it. It returns the areas it touched. A
 // *syncproto.Error rejects the change; any other error aborts the push.
 func (srv *Server) applyChange(tx Tx, actor syncproto.Actor, scope syncproto.Scope, ch *syncproto.Change) ([]string, error) {
+	if err := ch.Validate(); err != nil {
+		return nil, err
+	}
 	digest, err := changeDigest(ch)
 	if err != nil {
 		return nil, err

@@ -138,3 +138,21 @@ func TestServer_AdminAuth(t *testing.T) {
 		t.Fatalf("devices = %+v", devs)
 	}
 }
+
+// A change that breaks the change rules is rejected alone; the session and
+// the rest of the push go on.
+func TestServer_BadChangeRejectedAlone(t *testing.T) {
+	s := setup(t)
+	a := newDevice(t, s, "anouk")
+	c, _ := a.connect(t, s, nil)
+	bad := a.newCase("c1", "Zuilen")
+	bad.Collection = "notes"
+	good := a.newCase("c2", "Zuilen")
+	ack := push(t, c, bad, good)
+	if len(ack.Accepted) != 1 || ack.Accepted[0] != good.Seq || len(ack.Rejected) != 1 || !errors.Is(&ack.Rejected[0], syncproto.ErrUnknownCollection) {
+		t.Fatalf("ack = %+v, want the good change accepted and the bad one rejected as unknown_collection", ack)
+	}
+	if ack := push(t, c, a.newCase("c3", "Zuilen")); len(ack.Accepted) != 1 {
+		t.Fatalf("session did not go on: %+v", ack)
+	}
+}

@@ -77,7 +77,7 @@ func (e *Error) Error() string {
 // with errors.Is whatever the message.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	if !ok {
+	if !ok || t == nil {
 		return false
 	}
 	return t.Code == e.Code && (t.Reason == "" || t.Reason == e.Reason)

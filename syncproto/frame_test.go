@@ -465,11 +465,6 @@ func TestDecodeBadInput(t *testing.T) {
 		{"changes record with a bad device in covers", c, plainFrame(sp.TypeChanges, []byte(`{"records":[{"coll":"entries","id":"e1","fields":{"_deleted":{"vals":[{"dev":"d1","seq":5,"at":"0000000000000001","val":true,"covers":{"bad device":1}}],"seen":{"d1":5}}}}],"checkpoint":{"seq":1}}`)), false, sp.ErrBadID},
 		{"changes record with a bad area", c, plainFrame(sp.TypeChanges, []byte(`{"records":[{"coll":"cases","id":"c1","area":"a,b","fields":{}}],"checkpoint":{"seq":1}}`)), false, sp.ErrMalformed},
 		{"changes record over 64 fields", c, plainFrame(sp.TypeChanges, manyFieldsRecord(sp.MaxFields+1)), false, sp.ErrRecordTooLarge},
-		{"push change with a bad device in covers", c, plainFrame(sp.TypePush, []byte(`{"changes":[{"seq":1,"coll":"entries","id":"e1","at":"0000000000000001","fields":{"_deleted":{"val":true,"covers":{"-x":1}}}}]}`)), false, sp.ErrBadID},
-		{"push change with an empty field name", c, plainFrame(sp.TypePush, []byte(`{"changes":[{"seq":1,"coll":"cases","id":"c1","at":"0000000000000001","fields":{"":{"val":1}}}]}`)), false, sp.ErrBadField},
-		{"push change without val", c, plainFrame(sp.TypePush, []byte(`{"changes":[{"seq":1,"coll":"cases","id":"c1","at":"0000000000000001","fields":{"title":{"seen":{"d":1}}}}]}`)), false, sp.ErrBadValue},
-		{"push change with stamp 0", c, plainFrame(sp.TypePush, []byte(`{"changes":[{"seq":1,"coll":"cases","id":"c1","at":"0000000000000000","fields":{"title":{"val":"t"}}}]}`)), false, sp.ErrBadChange},
-		{"push change of unknown collection", c, plainFrame(sp.TypePush, []byte(`{"changes":[{"seq":1,"coll":"notes","id":"c1","at":"0000000000000001","fields":{"title":{"val":"t"}}}]}`)), false, sp.ErrUnknownCollection},
 		{"changes eviction of unknown collection", c, plainFrame(sp.TypeChanges, []byte(`{"evicted":[{"coll":"notes","id":"n1"}],"checkpoint":{"seq":1}}`)), false, sp.ErrMalformed},
 		{"caught_up with bad area", c, plainFrame(sp.TypeCaughtUp, []byte(`{"checkpoint":{"seq":1,"areas":[""]}}`)), false, sp.ErrMalformed},
 		{"scope with bad lost area", c, plainFrame(sp.TypeScope, []byte(`{"scope":{"areas":["Zuilen"]},"lost":["*"]}`)), false, sp.ErrMalformed},
@@ -751,5 +746,36 @@ func TestCodecConcurrent(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// A push whose changes break the change rules still decodes: each change is
+// rejected alone by the receiver, so one bad change cannot end the session
+// (and be resent, and fail, forever).
+func TestDecodePushBadChangesPerChange(t *testing.T) {
+	c := testCodec(t, 0)
+	tests := []struct {
+		name    string
+		payload []byte
+		want    *sp.Error
+	}{
+		{"push change with a bad device in covers", []byte(`{"changes":[{"seq":1,"coll":"entries","id":"e1","at":"0000000000000001","fields":{"_deleted":{"val":true,"covers":{"-x":1}}}}]}`), sp.ErrBadID},
+		{"push change with an empty field name", []byte(`{"changes":[{"seq":1,"coll":"cases","id":"c1","at":"0000000000000001","fields":{"":{"val":1}}}]}`), sp.ErrBadField},
+		{"push change without val", []byte(`{"changes":[{"seq":1,"coll":"cases","id":"c1","at":"0000000000000001","fields":{"title":{"seen":{"d":1}}}}]}`), sp.ErrBadValue},
+		{"push change with stamp 0", []byte(`{"changes":[{"seq":1,"coll":"cases","id":"c1","at":"0000000000000000","fields":{"title":{"val":"t"}}}]}`), sp.ErrBadChange},
+		{"push change of unknown collection", []byte(`{"changes":[{"seq":1,"coll":"notes","id":"c1","at":"0000000000000001","fields":{"title":{"val":"t"}}}]}`), sp.ErrUnknownCollection},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := c.Decode(plainFrame(sp.TypePush, tt.payload), false)
+			if err != nil {
+				t.Fatalf("Decode(%s) = %v, want the push", tt.name, err)
+			}
+			p := m.(*sp.Push)
+			err = p.Changes[0].Validate()
+			wantProtoErr(t, fmt.Sprintf("Change.Validate(%s)", tt.name), err, tt.want)
+			err = sp.ValidateChange(&p.Changes[0], nil, sp.Actor{User: "u", Device: "d"}, nil)
+			wantProtoErr(t, fmt.Sprintf("ValidateChange(%s)", tt.name), err, tt.want)
+		})
 	}
 }

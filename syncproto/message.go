@@ -59,7 +59,7 @@ const (
 	// MaxBatch is the largest number of changes in one push.
 	MaxBatch = 5000
 	// MaxAreas is the largest number of areas in a scope or checkpoint.
-	MaxAreas = 1000
+	MaxAreas = 500
 	// MaxMessage is the longest human-readable error message.
 	MaxMessage = 4 << 10
 )
@@ -206,7 +206,11 @@ type Push struct {
 
 func (*Push) Type() Type { return TypePush }
 
-// Validate checks every change and that no sequence number repeats.
+// Validate checks the push's shape: 1 to MaxBatch changes, each with a
+// non-zero sequence number that does not repeat. Each change's own rules
+// are checked per change by the receiver (ValidateChange), so that one bad
+// change is rejected alone in the ack and the session goes on: a push that
+// ended the session would be resent, and fail, forever.
 func (p *Push) Validate() error {
 	if len(p.Changes) == 0 {
 		return Errorf(ErrMalformed, "push: no changes")
@@ -216,13 +220,14 @@ func (p *Push) Validate() error {
 	}
 	seen := make(map[uint64]struct{}, len(p.Changes))
 	for i := range p.Changes {
-		if err := p.Changes[i].Validate(); err != nil {
-			return err
+		s := p.Changes[i].Seq
+		if s == 0 {
+			return Errorf(ErrBadChange, "push: a change has sequence 0; devices number changes from 1")
 		}
-		if _, dup := seen[p.Changes[i].Seq]; dup {
-			return Errorf(ErrBadChange, "push: change %d appears twice", p.Changes[i].Seq)
+		if _, dup := seen[s]; dup {
+			return Errorf(ErrBadChange, "push: change %d appears twice", s)
 		}
-		seen[p.Changes[i].Seq] = struct{}{}
+		seen[s] = struct{}{}
 	}
 	return nil
 }

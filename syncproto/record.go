@@ -406,6 +406,9 @@ func Delete(cur *Record, seq uint64, at Stamp) Change {
 // Canonical returns raw re-encoded in the one form replicas compare: compact,
 // object keys sorted, no HTML escaping, numbers as written.
 func Canonical(raw json.RawMessage) (json.RawMessage, error) {
+	if !json.Valid(raw) {
+		return nil, Errorf(ErrBadValue, "value is not valid JSON")
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var v any
