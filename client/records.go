@@ -156,7 +156,7 @@ func (c *Client) write(k syncproto.Key, values map[string]any) error {
 // CreateCase creates a case and returns its ID. fields must include area
 // and title; status defaults to open and owner to the signed-in user.
 func (c *Client) CreateCase(ctx context.Context, fields map[string]any) (string, error) {
-	st, err := c.Status(ctx)
+	st, err := c.meta()
 	if err != nil {
 		return "", err
 	}
@@ -183,7 +183,7 @@ func (c *Client) SetCase(ctx context.Context, id string, fields map[string]any) 
 // include kind and text; author is the signed-in user and occurred_at
 // defaults to now.
 func (c *Client) AddEntry(ctx context.Context, caseID string, fields map[string]any) (string, error) {
-	st, err := c.Status(ctx)
+	st, err := c.meta()
 	if err != nil {
 		return "", err
 	}
@@ -208,6 +208,17 @@ func (c *Client) EditEntry(ctx context.Context, id string, fields map[string]any
 // DeleteEntry deletes an entry the user wrote (a tombstone that syncs).
 func (c *Client) DeleteEntry(ctx context.Context, id string) error {
 	return c.EditEntry(ctx, id, map[string]any{syncproto.FieldDeleted: true})
+}
+
+// meta reads the replica's own state.
+func (c *Client) meta() (Meta, error) {
+	var m Meta
+	err := c.view(func(tx *stx) error {
+		var err error
+		m, err = tx.meta()
+		return err
+	})
+	return m, err
 }
 
 // ErrNotFound is returned when a record is not on this device.

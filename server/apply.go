@@ -34,12 +34,14 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 	scope := ss.currentScope()
 	var ack *syncproto.Ack
 	var touched map[string]struct{}
+	var dups int
 	start := time.Now()
 	// The push must commit even if the session is ending: a graceful
 	// shutdown finishes in-flight batches and acknowledges them.
 	err := srv.store.Update(context.Background(), func(tx Tx) error {
 		ack = &syncproto.Ack{}
 		touched = make(map[string]struct{})
+		dups = 0
 		for i := range p.Changes {
 			// Work on a copy: fn may run again after a failed group commit.
 			ch := cloneChange(&p.Changes[i])
@@ -48,6 +50,9 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 			switch {
 			case err == nil:
 				ack.Accepted = append(ack.Accepted, ch.Seq)
+				if areas == nil {
+					dups++ // a resend of a change accepted before
+				}
 				for _, a := range areas {
 					touched[a] = struct{}{}
 				}
@@ -67,7 +72,10 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 		return nil, fmt.Errorf("apply push: %w", err)
 	}
 	srv.metrics.commit.Observe(time.Since(start).Seconds())
-	srv.metrics.changes.WithLabelValues("accepted").Add(float64(len(ack.Accepted)))
+	srv.metrics.changes.WithLabelValues("accepted").Add(float64(len(ack.Accepted) - dups))
+	if dups > 0 {
+		srv.metrics.changes.WithLabelValues("duplicate").Add(float64(dups))
+	}
 	for _, r := range ack.Rejected {
 		srv.metrics.changes.WithLabelValues(string(r.Code)).Inc()
 	}

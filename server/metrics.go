@@ -23,7 +23,7 @@ func newMetrics() *metrics {
 			Name: "casesync_connected_devices", Help: "Devices with an open sync session.",
 		}),
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "casesync_changes_total", Help: "Pushed changes by result: accepted, or the rejection code.",
+			Name: "casesync_changes_total", Help: "Pushed changes by result: accepted (new), duplicate (a resend of an accepted change), or the rejection code.",
 		}, []string{"result"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "casesync_bytes_total", Help: "WebSocket payload bytes by direction (in, out).",

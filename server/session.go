@@ -343,6 +343,7 @@ func (ss *session) welcome(hello *syncproto.Hello) error {
 		return err
 	}
 	ss.setScope(scope)
+	ss.touchLastSeen()
 	w := &syncproto.Welcome{
 		Version:  hello.Version, // Negotiate accepted it
 		ServerID: ss.srv.store.Meta().ServerID,
@@ -463,4 +464,22 @@ func (b *bucket) wait(n float64) time.Duration {
 		return 0
 	}
 	return time.Duration((n - b.tokens) / b.rate * float64(time.Second))
+}
+
+// touchLastSeen records the handshake time on the device, for the admin's
+// device list. It is bookkeeping: a failure is logged, not fatal.
+func (ss *session) touchLastSeen() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := ss.srv.store.Update(ctx, func(tx Tx) error {
+		d, err := tx.Device(ss.device.ID)
+		if err != nil {
+			return err
+		}
+		d.LastSeen = ss.srv.cfg.Now().UTC()
+		return tx.PutDevice(d)
+	})
+	if err != nil {
+		ss.log.Warn("record last seen", "err", err)
+	}
 }

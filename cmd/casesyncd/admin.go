@@ -53,6 +53,11 @@ func admin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
+	known := map[string]bool{"user add": true, "user set-areas": true, "user list": true, "device enroll": true, "device list": true, "device revoke": true, "conflicts": true}
+	if !known[strings.Join(pos[:min(2, len(pos))], " ")] && pos[0] != "conflicts" {
+		fs.Usage()
+		return errUsage
+	}
 	b, err := os.ReadFile(*tokenFile)
 	if err != nil {
 		return fmt.Errorf("read admin token: %w (pass --token-file; casesyncd writes it to <data>/admin.token)", err)

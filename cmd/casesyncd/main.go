@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -52,6 +53,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch cmd {
 	case "serve":
+		if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+			fmt.Fprintf(stderr, "casesyncd: unknown command %q\n\n%s", args[0], usage)
+			return errUsage
+		}
 		return serve(ctx, args, stderr)
 	case "admin":
 		return admin(ctx, args, stdout, stderr)
@@ -75,7 +80,10 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, err
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, errUsage // the flag package has printed the problem and the usage
 		}
 		args = fs.Args()
 		if len(args) == 0 {

@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/casesync/casesync/server"
@@ -55,6 +57,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
 
+	// Take the address first: a second casesyncd on a busy port must not
+	// create a data directory or token on its way to failing.
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (is another casesyncd running? use --addr)", c.addr, err)
+	}
+	defer ln.Close()
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
@@ -70,10 +79,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	srv, err := server.New(server.Config{Store: store, Logger: log, AdminTokenHash: adminHash})
 	if err != nil {
 		return err
-	}
-	ln, err := net.Listen("tcp", c.addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w (is another casesyncd running? use --addr)", c.addr, err)
 	}
 	scheme := "http"
 	if c.tlsCert != "" {
@@ -94,6 +99,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	case <-ctx.Done():
 	}
+	// A second signal stops the process at once.
+	signal.Reset(os.Interrupt, syscall.SIGTERM)
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownDeadline)
 	defer cancel()
