@@ -338,7 +338,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		}
 		s.Enrolled = m.Device != ""
 		s.Server, s.Device, s.User, s.Role, s.Areas = m.Server, m.Device, m.User, m.Role, m.Scope.Areas
-		s.LastSync, s.Checkpoint = m.LastSync, m.Checkpoint
+		s.LastSync, s.Checkpoint, s.LastError = m.LastSync, m.Checkpoint, m.LastError
 		if s.Pending, err = tx.outboxLen(); err != nil {
 			return err
 		}
@@ -352,7 +352,10 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		return err
 	})
 	c.statusMu.Lock()
-	s.Connected, s.LastError = c.connected, c.lastErr
+	s.Connected = c.connected
+	if c.lastErr != "" {
+		s.LastError = c.lastErr
+	}
 	c.statusMu.Unlock()
 	return s, err
 }

@@ -50,6 +50,8 @@ type Meta struct {
 	ClockLast     syncproto.Stamp      `json:"clock_last"`
 	ClockOffsetMS int64                `json:"clock_offset_ms"`
 	LastSync      time.Time            `json:"last_sync,omitzero"`
+	// LastError is why the last sync failed; empty after a success.
+	LastError string `json:"last_error,omitempty"`
 }
 
 // Rejected is a local change the server refused, kept until the user deals

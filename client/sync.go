@@ -141,6 +141,7 @@ func (c *Client) session(ctx context.Context, live bool, progress func(Progress)
 	}
 	ws, err := c.dial(ctx, m)
 	if err != nil {
+		c.recordOutcome(err)
 		return SyncResult{}, c.terminal(err)
 	}
 	cn := newConn(ws, c.codec)
@@ -153,6 +154,7 @@ func (c *Client) session(ctx context.Context, live bool, progress func(Progress)
 	}()
 	r := &round{c: c, cn: cn, m: m, live: live, progress: progress}
 	if err := r.handshake(ctx, quit); err != nil {
+		c.recordOutcome(err)
 		return r.res, c.terminal(err)
 	}
 	c.setConnected(true)
@@ -160,15 +162,8 @@ func (c *Client) session(ctx context.Context, live bool, progress func(Progress)
 	if r.purged {
 		c.compact()
 	}
+	c.recordOutcome(err)
 	if err == nil || errors.Is(err, context.Canceled) {
-		_ = c.update(func(tx *stx) error {
-			m, err := tx.meta()
-			if err != nil {
-				return err
-			}
-			m.LastSync = c.opts.Now().UTC()
-			return tx.putMeta(m)
-		})
 		_ = c.view(func(tx *stx) error {
 			m, _ := tx.meta()
 			cs, err := c.conflicts(tx, m)
@@ -177,6 +172,27 @@ func (c *Client) session(ctx context.Context, live bool, progress func(Progress)
 		})
 	}
 	return r.res, c.terminal(err)
+}
+
+// recordOutcome persists when the replica last synced, or why it failed,
+// so that 'casesync status' in another process can show it.
+func (c *Client) recordOutcome(err error) {
+	var pe *syncproto.Error
+	if errors.As(err, &pe) && pe.Code == syncproto.CodeRevoked {
+		return // the replica is about to be wiped
+	}
+	_ = c.update(func(tx *stx) error {
+		m, merr := tx.meta()
+		if merr != nil {
+			return merr
+		}
+		if err == nil || errors.Is(err, context.Canceled) {
+			m.LastSync, m.LastError = c.opts.Now().UTC(), ""
+		} else {
+			m.LastError = err.Error()
+		}
+		return tx.putMeta(m)
+	})
 }
 
 // terminal handles errors that end the replica: revocation wipes it.
@@ -614,6 +630,12 @@ func (r *round) confirm(tx *stx, ch *syncproto.Change) error {
 		if id, ok := base.String(syncproto.FieldCaseID); ok {
 			base.Area, _ = localCases{tx, r.m}.CaseArea(id)
 		}
+	}
+	if base.Area == "" || !r.m.Scope.Contains(base.Area) {
+		// Accepted, but no longer the device's to hold: a note about a
+		// case that moved away meanwhile, or a case handed over. The
+		// server files it where it belongs now.
+		return tx.deleteRecord(k)
 	}
 	return tx.putRecord(base)
 }
