@@ -34,6 +34,7 @@ type Server struct {
 
 	Srv   *server.Server
 	Store *boltstore.Store
+	wrap  func(server.Store) server.Store
 	mu    sync.Mutex // serialises Stop and Restart
 	tb    testing.TB
 	cfg   server.Config
@@ -49,6 +50,8 @@ type Options struct {
 	Dir string
 	// Addr to listen on; default 127.0.0.1:0.
 	Addr string
+	// WrapStore, if set, wraps the store the server uses, to inject faults.
+	WrapStore func(server.Store) server.Store
 }
 
 // NewServer starts a server and stops it when the test ends.
@@ -61,7 +64,7 @@ func NewServer(tb testing.TB, opts *Options) *Server {
 	if dir == "" {
 		dir = tb.TempDir()
 	}
-	s := &Server{tb: tb, Dir: dir, AdminToken: "cs_admin_test_token", cfg: opts.Config}
+	s := &Server{tb: tb, Dir: dir, AdminToken: "cs_admin_test_token", cfg: opts.Config, wrap: opts.WrapStore}
 	addr := opts.Addr
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -79,6 +82,9 @@ func (s *Server) start(addr string) {
 	}
 	cfg := s.cfg
 	cfg.Store = st
+	if s.wrap != nil {
+		cfg.Store = s.wrap(st)
+	}
 	cfg.AdminTokenHash = server.HashToken(s.AdminToken)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
