@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -47,6 +48,10 @@ type Options struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// HTTPClient is used to enroll. Default: a client with a 30 s timeout.
 	HTTPClient *http.Client
+	// NetDial, if set, opens the sync connection's network connection
+	// instead of the system dialer: simulations and tests inject faults
+	// and in-memory networks through it.
+	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 func (o *Options) setDefaults() {

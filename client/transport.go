@@ -67,6 +67,7 @@ func (c *Client) dial(ctx context.Context, m Meta) (*websocket.Conn, error) {
 		ReadBufferSize:    64 << 10,
 		WriteBufferSize:   64 << 10,
 		Proxy:             http.ProxyFromEnvironment,
+		NetDialContext:    c.opts.NetDial,
 	}
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+m.Token)
