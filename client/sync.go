@@ -445,11 +445,30 @@ func (r *round) applyChanges(msg *syncproto.Changes) error {
 			}
 			keys = append(keys, k)
 		}
+		cases := map[string]bool{}
 		for _, e := range msg.Evicted {
 			if err := r.evict(tx, e.Key()); err != nil {
 				return err
 			}
 			keys = append(keys, e.Key())
+			if e.Collection == syncproto.Cases {
+				cases[e.ID] = true
+			}
+		}
+		if len(cases) > 0 {
+			// A case's journal leaves with it, including entries the server
+			// filed elsewhere and so never evicts here: a note written
+			// offline and confirmed before the case's eviction arrived.
+			orphans, err := entriesOf(tx, cases)
+			if err != nil {
+				return err
+			}
+			for _, k := range orphans {
+				if err := r.evict(tx, k); err != nil {
+					return err
+				}
+				keys = append(keys, k)
+			}
 		}
 		m, err := tx.meta()
 		if err != nil {
@@ -474,6 +493,21 @@ func (r *round) applyChanges(msg *syncproto.Changes) error {
 	}
 	r.report()
 	return nil
+}
+
+// entriesOf returns the keys of the stored entries of the given cases.
+func entriesOf(tx *stx, cases map[string]bool) ([]syncproto.Key, error) {
+	var out []syncproto.Key
+	err := tx.forEachRecord(func(rec *syncproto.Record) error {
+		if rec.Collection != syncproto.Entries {
+			return nil
+		}
+		if id, _ := rec.String(syncproto.FieldCaseID); cases[id] {
+			out = append(out, rec.Key())
+		}
+		return nil
+	})
+	return out, err
 }
 
 // evict removes a record the device may no longer see. Pending changes to

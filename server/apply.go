@@ -18,8 +18,16 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 	if len(p.Changes) > srv.cfg.MaxBatch {
 		return nil, syncproto.Errorf(syncproto.ErrBatchTooLarge, "push of %d changes; this server takes at most %d", len(p.Changes), srv.cfg.MaxBatch)
 	}
-	if !ss.pushes.take(float64(len(p.Changes))) {
+	// Once a push is held back, every later push of the session is too
+	// until the wait is over: a small later push must not overtake a held
+	// one and arrive before the changes it builds on.
+	now := srv.cfg.Now()
+	if now.Before(ss.rateHold) || !ss.pushes.take(float64(len(p.Changes))) {
 		wait := ss.pushes.wait(float64(len(p.Changes)))
+		if now.Before(ss.rateHold) {
+			wait = max(wait, ss.rateHold.Sub(now))
+		}
+		ss.rateHold = now.Add(wait)
 		ack := &syncproto.Ack{}
 		for _, c := range p.Changes {
 			ack.Rejected = append(ack.Rejected, syncproto.Error{

@@ -51,9 +51,11 @@ type session struct {
 	// sentCP is the last checkpoint sent; the streamer owns it.
 	sentCP syncproto.Checkpoint
 
-	pushes  *bucket // changes per second
-	frames  *bucket // frames per second
-	bytesIn int64
+	pushes *bucket // changes per second
+	// rateHold: pushes before this time are held back (reader only).
+	rateHold time.Time
+	frames   *bucket // frames per second
+	bytesIn  int64
 }
 
 const outQueue = 64

@@ -10,22 +10,6 @@ import (
 	"github.com/casesync/casesync/syncproto"
 )
 
-var cheapKDF = client.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1}
-
-func openClient(t *testing.T, s *servertest.Server, user string) *client.Client {
-	t.Helper()
-	c, err := client.Open(t.TempDir(), &client.Options{Passphrase: "correct horse", KDF: cheapKDF})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	_, tok := s.Enroll(user)
-	if err := c.Enroll(context.Background(), s.URL, tok); err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 func TestSmoke(t *testing.T) {
 	ctx := context.Background()
 	s := servertest.NewServer(t, nil)
