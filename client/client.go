@@ -48,6 +48,10 @@ type Options struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// HTTPClient is used to enroll. Default: a client with a 30 s timeout.
 	HTTPClient *http.Client
+	// AllowInsecure permits an http:// server that is not on this machine.
+	// Without it, Enroll refuses one: tokens and case notes would cross the
+	// network in clear.
+	AllowInsecure bool
 	// NetDial, if set, opens the sync connection's network connection
 	// instead of the system dialer: simulations and tests inject faults
 	// and in-memory networks through it.
@@ -228,7 +232,10 @@ func (e *RevokedError) Unwrap() error { return ErrRevoked }
 func (c *Client) Enroll(ctx context.Context, serverURL, token string) error {
 	base, err := url.Parse(strings.TrimRight(serverURL, "/"))
 	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
-		return fmt.Errorf("client: server URL %q: use http://host:port or https://host:port", serverURL)
+		return fmt.Errorf("client: server URL %q: use https://host:port (or http://127.0.0.1:port on this machine)", serverURL)
+	}
+	if base.Scheme == "http" && !c.opts.AllowInsecure && !loopback(base.Hostname()) {
+		return fmt.Errorf("client: refusing http://%s: tokens and case notes would cross the network in clear; use https (or --insecure for a test network)", base.Host)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base.String()+"/v1/device", nil)
 	if err != nil {
@@ -379,4 +386,13 @@ func (c *Client) setLastError(err error) {
 		c.lastErr = err.Error()
 	}
 	c.statusMu.Unlock()
+}
+
+// loopback reports whether host names this machine.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

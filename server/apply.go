@@ -36,7 +36,12 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 			})
 		}
 		srv.metrics.changes.WithLabelValues(string(syncproto.CodeRate)).Add(float64(len(p.Changes)))
-		return ack, nil
+		err := srv.store.View(context.Background(), func(tx Tx) error {
+			var err error
+			ack.Seq, err = tx.Head()
+			return err
+		})
+		return ack, err
 	}
 	actor := syncproto.Actor{User: ss.user.Name, Device: ss.device.ID}
 	scope := ss.currentScope()
@@ -160,6 +165,9 @@ func (srv *Server) applyChange(tx Tx, actor syncproto.Actor, scope syncproto.Sco
 	if err := syncproto.ValidateChange(ch, cur, actor, caseIndex{tx}); err != nil {
 		return nil, err
 	}
+	if err := checkClaims(ch, cur, actor.Device); err != nil {
+		return nil, err
+	}
 	// A laptop clock far ahead gets the server's time instead (PROTOCOL.md §6.4).
 	ch.Stamp, _ = srv.clock.Bound(ch.Stamp)
 
@@ -227,6 +235,35 @@ func movedAway(tx Tx, ch *syncproto.Change, cur *syncproto.Record, scope syncpro
 		}
 	}
 	return false, nil
+}
+
+// checkClaims refuses a change that claims to have seen writes of other
+// devices the server does not have. Devices only learn of each other's
+// writes through the server, so such a claim is forged, and storing it
+// would make the server drop the other device's real later writes as
+// already superseded: a freeze-out.
+func checkClaims(ch *syncproto.Change, cur *syncproto.Record, device string) error {
+	var ctx syncproto.Versions
+	if cur != nil {
+		ctx = cur.Context()
+	}
+	for name, w := range ch.Fields {
+		var seen syncproto.Versions
+		if cur != nil {
+			seen = cur.Fields[name].Seen
+		}
+		for d, n := range w.Seen {
+			if d != device && n > seen[d] {
+				return syncproto.Errorf(syncproto.ErrBadChange, "change %d claims writes of device %s to field %q that the server never received", ch.Seq, d, name)
+			}
+		}
+		for d, n := range w.Covers {
+			if d != device && n > ctx[d] {
+				return syncproto.Errorf(syncproto.ErrBadChange, "change %d claims writes of device %s to this record that the server never received", ch.Seq, d)
+			}
+		}
+	}
+	return nil
 }
 
 // changeArea returns the area that decides whether the change is in scope:

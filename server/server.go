@@ -101,6 +101,9 @@ type Server struct {
 	hub     *hub
 	metrics *metrics
 
+	bucketsMu sync.Mutex
+	buckets   map[string]*bucket // push rate per device, shared by its sessions
+
 	closing  atomic.Bool
 	mu       sync.Mutex
 	serving  bool
@@ -125,6 +128,7 @@ func New(cfg Config) (*Server, error) {
 		clock:   syncproto.NewClock(cfg.Now, 0),
 		hub:     newHub(),
 		metrics: newMetrics(),
+		buckets: make(map[string]*bucket),
 	}
 	s.app = s.routes()
 	return s, nil
@@ -186,6 +190,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.codec.Close()
 	return errors.Join(errs...)
+}
+
+// pushBucket returns the device's push-rate bucket: one per device, so
+// reconnecting or opening more sessions does not refill or multiply it.
+func (s *Server) pushBucket(device string) *bucket {
+	s.bucketsMu.Lock()
+	defer s.bucketsMu.Unlock()
+	b, ok := s.buckets[device]
+	if !ok {
+		b = newBucket(float64(s.cfg.Rate), float64(s.cfg.Burst), s.cfg.Now)
+		s.buckets[device] = b
+	}
+	return b
 }
 
 // Ready reports whether the server accepts sessions: not shutting down and

@@ -71,7 +71,7 @@ func (srv *Server) newSession(c *websocket.Conn, d Device, u User) *session {
 		stop:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 		drain:      make(chan struct{}),
-		pushes:     newBucket(float64(srv.cfg.Rate), float64(srv.cfg.Burst), now),
+		pushes:     srv.pushBucket(d.ID),
 		frames:     newBucket(float64(srv.cfg.MessageRate), float64(4*srv.cfg.MessageRate), now),
 	}
 }
@@ -333,7 +333,19 @@ func (ss *session) welcome(hello *syncproto.Hello) error {
 	var scope syncproto.Scope
 	var head uint64
 	err := ss.srv.store.View(context.Background(), func(tx Tx) error {
-		var err error
+		// Read the device and user again: the session is registered with
+		// the hub now, so a revocation or scope change from here on reaches
+		// it, but one made since the upgrade's check would be missed.
+		d, err := tx.Device(ss.device.ID)
+		if err != nil {
+			return err
+		}
+		if !d.Revoked.IsZero() {
+			return errRevoked
+		}
+		if ss.user, err = tx.User(d.User); err != nil {
+			return err
+		}
 		if scope, err = ss.srv.scopeOf(tx, ss.user); err != nil {
 			return err
 		}
@@ -341,7 +353,9 @@ func (ss *session) welcome(hello *syncproto.Hello) error {
 		return err
 	})
 	if err != nil {
-		ss.log.Error("welcome: read scope", "err", err)
+		if !errors.Is(err, errRevoked) {
+			ss.log.Error("welcome: read scope", "err", err)
+		}
 		return err
 	}
 	ss.setScope(scope)

@@ -3,6 +3,7 @@ package syncproto
 import (
 	"errors"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Code classifies an error on the wire. Peers act on codes, never on message
@@ -85,8 +86,38 @@ func (e *Error) Is(target error) bool {
 
 // Errorf returns a new *Error with the code and reason of sentinel and a
 // formatted message. The result matches sentinel with errors.Is.
+//
+// String arguments are clipped to clipLen bytes and the message to
+// maxMessage: errors quote what a peer sent, and must neither echo record
+// content at length nor outgrow MaxMessage (a peer would refuse the ack
+// carrying it, and resend the same push forever).
 func Errorf(sentinel *Error, format string, args ...any) *Error {
-	return &Error{Code: sentinel.Code, Reason: sentinel.Reason, Message: fmt.Sprintf(format, args...)}
+	for i, a := range args {
+		switch v := a.(type) {
+		case string:
+			args[i] = clip(v, clipLen)
+		case Collection:
+			args[i] = Collection(clip(string(v), clipLen))
+		}
+	}
+	return &Error{Code: sentinel.Code, Reason: sentinel.Reason, Message: clip(fmt.Sprintf(format, args...), maxMessage)}
+}
+
+const (
+	clipLen    = 48
+	maxMessage = 1024
+)
+
+// clip shortens s to at most n bytes, on a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 // CodeOf returns the wire code for err: the code of the first *Error in its

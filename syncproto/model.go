@@ -294,7 +294,7 @@ func checkValue(name string, spec fieldSpec, raw json.RawMessage) (json.RawMessa
 			return nil, err
 		}
 		if !ValidArea(s) {
-			return nil, Errorf(ErrBadID, "area %q: use 1 to %d bytes without control characters, commas or '*'", s, MaxAreaLen)
+			return nil, Errorf(ErrBadID, "field %q: an area is 1 to %d bytes without control characters, commas or '*'", name, MaxAreaLen)
 		}
 	case typeID:
 		s, err := str()
@@ -302,7 +302,7 @@ func checkValue(name string, spec fieldSpec, raw json.RawMessage) (json.RawMessa
 			return nil, err
 		}
 		if !ValidID(s) {
-			return nil, Errorf(ErrBadID, "field %q: %q is not a record ID", name, s)
+			return nil, Errorf(ErrBadID, "field %q is not a record ID (1 to %d letters, digits, '-' or '_')", name, MaxIDLen)
 		}
 	case typeEnum:
 		s, err := str()
@@ -311,9 +311,9 @@ func checkValue(name string, spec fieldSpec, raw json.RawMessage) (json.RawMessa
 		}
 		if !slices.Contains(spec.enum, s) {
 			if name == FieldKind {
-				return nil, Errorf(ErrUnknownKind, "entry kind %q is not one of %v", s, spec.enum)
+				return nil, Errorf(ErrUnknownKind, "entry kind must be one of %v", spec.enum)
 			}
-			return nil, Errorf(ErrBadEnum, "field %q: %q is not one of %v", name, s, spec.enum)
+			return nil, Errorf(ErrBadEnum, "field %q must be one of %v", name, spec.enum)
 		}
 	case typeDate:
 		s, err := str()
@@ -321,7 +321,7 @@ func checkValue(name string, spec fieldSpec, raw json.RawMessage) (json.RawMessa
 			return nil, err
 		}
 		if _, err := time.Parse(time.DateOnly, s); err != nil {
-			return nil, Errorf(ErrBadDate, "field %q: %q is not a date (YYYY-MM-DD)", name, s)
+			return nil, Errorf(ErrBadDate, "field %q must be a date (YYYY-MM-DD)", name)
 		}
 	case typeDateTime:
 		s, err := str()
@@ -330,7 +330,7 @@ func checkValue(name string, spec fieldSpec, raw json.RawMessage) (json.RawMessa
 		}
 		if _, err := time.Parse(time.RFC3339, s); err != nil {
 			if _, err := time.Parse(time.DateOnly, s); err != nil {
-				return nil, Errorf(ErrBadDate, "field %q: %q is neither RFC 3339 nor YYYY-MM-DD", name, s)
+				return nil, Errorf(ErrBadDate, "field %q must be an RFC 3339 time or a date (YYYY-MM-DD)", name)
 			}
 		}
 	case typeTags:
@@ -343,7 +343,7 @@ func checkValue(name string, spec fieldSpec, raw json.RawMessage) (json.RawMessa
 		}
 		for _, t := range tags {
 			if t == "" || len(t) > 64 || !utf8.ValidString(t) {
-				return nil, Errorf(ErrBadValue, "field %q: tag %q must be 1 to 64 bytes", name, t)
+				return nil, Errorf(ErrBadValue, "field %q: every tag must be 1 to 64 bytes of UTF-8", name)
 			}
 		}
 	case typeBool:

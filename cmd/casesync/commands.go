@@ -136,6 +136,7 @@ func cmdEnroll(e *env, args []string) error {
 	fs := e.flags("enroll")
 	srv := fs.String("server", "", "server URL, e.g. http://127.0.0.1:8420")
 	tok := fs.String("token", "", "device token from 'casesyncd admin device enroll'")
+	insecure := fs.Bool("insecure", false, "allow http:// to a server on another machine (test networks only)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -143,6 +144,7 @@ func cmdEnroll(e *env, args []string) error {
 	if err := want(pos, 0, "enroll --server URL --token T"); err != nil || *srv == "" || *tok == "" {
 		return fmt.Errorf("%w: casesync enroll --server URL --token T", errUsage)
 	}
+	e.opts.AllowInsecure = *insecure
 	c, err := e.open()
 	if err != nil {
 		return err

@@ -90,6 +90,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 		scheme = "https"
 	}
+	if tcp, ok := ln.Addr().(*net.TCPAddr); ok && c.tlsCert == "" && !tcp.IP.IsLoopback() {
+		log.Warn("serving without TLS on a non-loopback address: tokens and case notes would cross the network in clear; use --tls-cert and --tls-key (or a TLS-terminating proxy on this host)")
+	}
 	log.Info("casesyncd listening", "url", scheme+"://"+ln.Addr().String(), "data", c.data)
 
 	errc := make(chan error, 1)
