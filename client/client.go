@@ -48,6 +48,11 @@ type Options struct {
 	ReconnectMin, ReconnectMax time.Duration
 	// HTTPClient is used to enroll. Default: a client with a 30 s timeout.
 	HTTPClient *http.Client
+	// Shared opens the store's file for each transaction only, so that
+	// other processes can use the replica while this one syncs (the CLI
+	// while 'casesync run' is active); Run then also looks for their
+	// changes every second. It costs an open per transaction.
+	Shared bool
 	// AllowInsecure permits an http:// server that is not on this machine.
 	// Without it, Enroll refuses one: tokens and case notes would cross the
 	// network in clear.
@@ -130,6 +135,9 @@ func Open(dir string, opts *Options) (*Client, error) {
 	st, err := openStore(filepath.Join(dir, StoreFile), ks, o.LockTimeout)
 	if err != nil {
 		return nil, err
+	}
+	if o.Shared {
+		st.share()
 	}
 	codec, err := syncproto.NewCodec(0)
 	if err != nil {

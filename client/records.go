@@ -284,7 +284,7 @@ func (c *Client) Cases(ctx context.Context, f Filter) ([]*View, error) {
 		hits := map[string]bool{}
 		if q != "" {
 			for _, r := range all {
-				if r.Collection == syncproto.Entries && !r.Deleted() && matches(r, q) {
+				if r.Collection == syncproto.Entries && !r.Deleted() && matches(r.Record, q) {
 					id, _ := r.String(syncproto.FieldCaseID)
 					hits[id] = true
 				}
@@ -300,10 +300,10 @@ func (c *Client) Cases(ctx context.Context, f Filter) ([]*View, error) {
 			if s, _ := r.String(syncproto.FieldStatus); f.Status != "" && s != f.Status {
 				continue
 			}
-			if q != "" && !hits[r.ID] && !matches(r, q) {
+			if q != "" && !hits[r.ID] && !matches(r.Record, q) {
 				continue
 			}
-			out = append(out, view(r, false))
+			out = append(out, view(r.Record, r.pending))
 		}
 		return nil
 	})
@@ -325,7 +325,7 @@ func (c *Client) Entries(ctx context.Context, caseID string) ([]*View, error) {
 		}
 		for _, r := range all {
 			if id, _ := r.String(syncproto.FieldCaseID); r.Collection == syncproto.Entries && id == caseID && !r.Deleted() {
-				out = append(out, view(r, false))
+				out = append(out, view(r.Record, r.pending))
 			}
 		}
 		return nil
@@ -348,8 +348,15 @@ func matches(r *syncproto.Record, q string) bool {
 	return false
 }
 
+// shown is a record as the user sees it, and whether changes to it are
+// still unsynced.
+type shown struct {
+	*syncproto.Record
+	pending bool
+}
+
 // allVisible returns every record as the user sees it.
-func allVisible(tx *stx, m Meta) ([]*syncproto.Record, error) {
+func allVisible(tx *stx, m Meta) ([]shown, error) {
 	var keys []syncproto.Key
 	err := tx.forEachRecord(func(r *syncproto.Record) error {
 		keys = append(keys, r.Key())
@@ -369,19 +376,19 @@ func allVisible(tx *stx, m Meta) ([]*syncproto.Record, error) {
 		return strings.Compare(a.String(), b.String())
 	})
 	keys = slices.Compact(keys)
-	out := make([]*syncproto.Record, 0, len(keys))
+	out := make([]shown, 0, len(keys))
 	for _, k := range keys {
 		if ev, err := tx.isEvicted(k); err != nil {
 			return nil, err
 		} else if ev {
 			continue // left the device's scope; its pending changes are still pushed
 		}
-		r, _, err := visible(tx, m, k)
+		r, pending, err := visible(tx, m, k)
 		if err != nil {
 			return nil, err
 		}
 		if r != nil {
-			out = append(out, r)
+			out = append(out, shown{r, pending})
 		}
 	}
 	return out, nil

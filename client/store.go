@@ -83,10 +83,48 @@ var (
 // transactions out while close or compact swap the file.
 type store struct {
 	mu      sync.RWMutex
-	db      *bbolt.DB // nil once closed
-	sealer  *sealer
+	db      *bbolt.DB // nil once closed, and between transactions when shared
+	sealer  *sealer   // nil once closed
 	file    string
 	timeout time.Duration
+	// shared: the file is opened for each transaction and released after
+	// it, so that other processes (the CLI's commands while 'casesync run'
+	// syncs in the background) can use the store too. Set once, by share,
+	// before the store is used concurrently.
+	shared bool
+}
+
+// share switches the store to opening its file for each transaction only.
+func (s *store) share() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closeDB()
+	s.shared = true
+}
+
+// sharedTx runs fn in a transaction on a handle opened for it alone. bbolt
+// locks the file for the handle's life: shared for reads, exclusive for
+// writes, waiting up to the store's timeout for other processes.
+func (s *store) sharedTx(readOnly bool, fn func(t *stx) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sealer == nil {
+		return ErrClosed
+	}
+	db, err := openBolt(s.file, readOnly, s.timeout)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	run := db.Update
+	if readOnly {
+		run = db.View
+	}
+	return run(func(tx *bbolt.Tx) error {
+		t := &stx{tx: tx, s: s.sealer}
+		defer t.end()
+		return fn(t)
+	})
 }
 
 // openStore opens the store at path, creating it (and its parent directory,
@@ -292,10 +330,13 @@ func safeView(db *bbolt.DB, path string, fn func(*bbolt.Tx) error) (err error) {
 func (s *store) close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.db == nil {
+	if s.sealer == nil {
 		return nil
 	}
-	err := s.db.Close()
+	var err error
+	if s.db != nil {
+		err = s.db.Close()
+	}
 	s.db, s.sealer = nil, nil
 	return err
 }
@@ -308,6 +349,9 @@ func (s *store) path() string { return s.file }
 // lose the write). If fn returns an error nothing it wrote is kept. fn must
 // not keep t, nor call view, update, compact or close.
 func (s *store) update(fn func(t *stx) error) error {
+	if s.shared {
+		return s.sharedTx(false, fn)
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.db == nil {
@@ -322,6 +366,9 @@ func (s *store) update(fn func(t *stx) error) error {
 
 // view runs fn in a read-only transaction, concurrently with others.
 func (s *store) view(fn func(t *stx) error) error {
+	if s.shared {
+		return s.sharedTx(true, fn)
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.db == nil {
@@ -350,8 +397,14 @@ func (s *store) view(fn func(t *stx) error) error {
 func (s *store) compact() (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.db == nil {
+	if s.sealer == nil {
 		return ErrClosed
+	}
+	if s.shared {
+		if s.db, err = openBolt(s.file, false, s.timeout); err != nil {
+			return fmt.Errorf("client: compact: %w", err)
+		}
+		defer s.closeDB()
 	}
 	tmp := s.file + compactSuffix
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -258,6 +258,29 @@ func (t *stx) outbox() ([]syncproto.Change, error) {
 	return out, err
 }
 
+// outboxAfter returns up to limit pending changes with Seq greater than
+// after, in ascending Seq, without reading the rest of the outbox: a push
+// loop over a large outbox must not decrypt it all on every turn.
+func (t *stx) outboxAfter(after uint64, limit int) ([]syncproto.Change, error) {
+	b, err := t.bucket(bucketOutbox)
+	if err != nil {
+		return nil, err
+	}
+	var out []syncproto.Change
+	c := b.Cursor()
+	for k, v := c.Seek(seqKey(after + 1)); k != nil && len(out) < limit; k, v = c.Next() {
+		var ch syncproto.Change
+		if err := t.decode(bucketOutbox, k, v, &ch); err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(seqKey(ch.Seq), k) {
+			return nil, fmt.Errorf("%w: outbox %x holds change %d", ErrCorrupt, k, ch.Seq)
+		}
+		out = append(out, ch)
+	}
+	return out, nil
+}
+
 // outboxFor returns the pending changes to record k in ascending Seq.
 func (t *stx) outboxFor(k syncproto.Key) ([]syncproto.Change, error) {
 	rk, err := recordKey(k)

@@ -292,6 +292,12 @@ func (r *round) handshake(ctx context.Context, quit chan struct{}) error {
 func (r *round) loop(ctx context.Context) error {
 	ping := time.NewTicker(15 * time.Second)
 	defer ping.Stop()
+	var poll <-chan time.Time
+	if r.live && r.c.opts.Shared {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		poll = t.C
+	}
 	var hold <-chan time.Time
 	for {
 		if err := r.pushMore(); err != nil {
@@ -319,6 +325,9 @@ func (r *round) loop(ctx context.Context) error {
 			hold, r.holdTill = nil, time.Time{}
 		case <-ping.C:
 			_ = r.cn.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(5*time.Second))
+		case <-poll:
+			// Another process (the CLI beside 'casesync run') may have
+			// queued changes: pushMore looks.
 		}
 	}
 }
@@ -337,25 +346,20 @@ func (r *round) pushMore() error {
 	if len(r.inflight) >= maxInflight || (!r.holdTill.IsZero() && time.Now().Before(r.holdTill)) {
 		return nil
 	}
-	var pending []syncproto.Change
+	batch := min(r.c.opts.PushBatch, max(1, r.limits.MaxBatch))
+	var next []syncproto.Change
+	var queued int
 	if err := r.c.view(func(tx *stx) error {
 		var err error
-		pending, err = tx.outbox()
+		next, err = tx.outboxAfter(r.lastSent, batch*(maxInflight-len(r.inflight)))
+		if err == nil && r.progress != nil {
+			queued, err = tx.outboxLen()
+		}
 		return err
 	}); err != nil {
 		return err
 	}
-	batch := min(r.c.opts.PushBatch, max(1, r.limits.MaxBatch))
-	var next []syncproto.Change
-	for _, ch := range pending {
-		if ch.Seq > r.lastSent {
-			next = append(next, ch)
-		}
-	}
-	r.toPush = r.res.Pushed + r.res.Rejected + len(next)
-	for _, ch := range r.inflight {
-		r.toPush += len(ch)
-	}
+	r.toPush = r.res.Pushed + r.res.Rejected + queued
 	for len(next) > 0 && len(r.inflight) < maxInflight {
 		n := min(batch, len(next))
 		b := next[:n]

@@ -63,10 +63,22 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// flags returns a command's flag set; --json is accepted after the command
+// as well as before it.
 func (e *env) flags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("casesync "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
+	fs.BoolVar(&e.json, "json", e.json, "print JSON")
 	return fs
+}
+
+// noArgs parses a command that takes only the common flags.
+func (e *env) noArgs(name string, args []string) error {
+	pos, err := parse(e.flags(name), args)
+	if err != nil {
+		return err
+	}
+	return want(pos, 0, name)
 }
 
 func want(pos []string, n int, usage string) error {
@@ -336,6 +348,10 @@ func cmdCases(e *env, args []string) error {
 }
 
 func cmdShow(e *env, args []string) error {
+	args, err := parse(e.flags("show"), args)
+	if err != nil {
+		return err
+	}
 	if len(args) != 1 {
 		return fmt.Errorf("%w: casesync show ID", errUsage)
 	}
@@ -394,8 +410,8 @@ func sortedKeys(m map[string]json.RawMessage) []string {
 }
 
 func cmdSync(e *env, args []string) error {
-	if len(args) != 0 {
-		return fmt.Errorf("%w: casesync sync", errUsage)
+	if err := e.noArgs("sync", args); err != nil {
+		return err
 	}
 	c, err := e.open()
 	if err != nil {
@@ -442,9 +458,12 @@ func cmdSync(e *env, args []string) error {
 }
 
 func cmdRun(e *env, args []string) error {
-	if len(args) != 0 {
-		return fmt.Errorf("%w: casesync run", errUsage)
+	if err := e.noArgs("run", args); err != nil {
+		return err
 	}
+	// Other casesync commands keep working beside 'run': the replica's
+	// file is held only for each transaction.
+	e.opts.Shared = true
 	c, err := e.open()
 	if err != nil {
 		return err
@@ -476,6 +495,9 @@ func cmdRun(e *env, args []string) error {
 }
 
 func cmdStatus(e *env, args []string) error {
+	if err := e.noArgs("status", args); err != nil {
+		return err
+	}
 	c, err := e.open()
 	if err != nil {
 		return err
@@ -503,6 +525,9 @@ func cmdStatus(e *env, args []string) error {
 }
 
 func cmdConflicts(e *env, args []string) error {
+	if err := e.noArgs("conflicts", args); err != nil {
+		return err
+	}
 	c, err := e.open()
 	if err != nil {
 		return err
@@ -566,6 +591,9 @@ func cmdResolve(e *env, args []string) error {
 }
 
 func cmdRejected(e *env, args []string) error {
+	if err := e.noArgs("rejected", args); err != nil {
+		return err
+	}
 	c, err := e.open()
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"golang.org/x/term"
 
@@ -110,6 +111,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return errUsage
 	}
 	e.opts.KeyFile = *keyFile
+	// 'casesync run' holds the replica only during each transaction, but
+	// a large pull applies in seconds: wait rather than fail.
+	e.opts.LockTimeout = 15 * time.Second
 	cmd, rest := rest[0], rest[1:]
 	if len(rest) > 0 && (cmd == "case" || cmd == "note" || (cmd == "rejected" && rest[0] == "dismiss")) {
 		cmd, rest = cmd+" "+rest[0], rest[1:]

@@ -1,0 +1,5 @@
+//go:build unix && !race
+
+package main_test
+
+const raceEnabled = false
