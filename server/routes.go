@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/gofiber/contrib/websocket"
@@ -34,6 +35,9 @@ func (s *Server) routes() *fiber.App {
 		WriteTimeout:          30 * time.Second,
 		IdleTimeout:           120 * time.Second,
 		ErrorHandler:          s.errorHandler,
+		// An upgraded connection would otherwise keep its request buffers
+		// for life: 20 KiB per idle device (BENCHMARKS.md, load).
+		ReduceMemoryUsage: true,
 	})
 	app.Use(s.recoverer)
 	app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
@@ -48,8 +52,11 @@ func (s *Server) routes() *fiber.App {
 	app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
 	app.Get("/v1/sync", s.authDevice, websocket.New(s.handleSession, websocket.Config{
 		HandshakeTimeout:  10 * time.Second,
-		ReadBufferSize:    16 << 10,
+		// Small read buffers and pooled write buffers: most devices are
+		// idle most of the day, and frames larger than a buffer still work.
+		ReadBufferSize:    4 << 10,
 		WriteBufferSize:   16 << 10,
+		WriteBufferPool:   &sync.Pool{},
 		EnableCompression: false, // zstd in the frame instead: see PROTOCOL.md §2
 		RecoverHandler:    s.recoverSession,
 	}))
