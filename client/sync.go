@@ -128,6 +128,7 @@ type round struct {
 	head     uint64
 	progress func(Progress)
 	toPush   int
+	gone     map[string]bool // cases this device moved out of its scope this session
 }
 
 // session runs one connection. The caller holds syncMu.
@@ -432,6 +433,12 @@ func (r *round) applyChanges(msg *syncproto.Changes) error {
 		for i := range msg.Records {
 			in := &msg.Records[i]
 			k := in.Key()
+			if r.staleForUs(in) {
+				// A state from before this device handed the case over (the
+				// backlog was read before the move committed): never store
+				// what the device may no longer see.
+				continue
+			}
 			base, ok, err := tx.record(k)
 			if err != nil {
 				return err
@@ -496,6 +503,42 @@ func (r *round) applyChanges(msg *syncproto.Changes) error {
 		r.c.publish(Event{Keys: keys, Remote: true})
 	}
 	r.report()
+	return nil
+}
+
+// movedAway remembers, for the rest of the session, a case this device
+// moved out of its own scope.
+func (r *round) movedAway(id string) {
+	if r.gone == nil {
+		r.gone = map[string]bool{}
+	}
+	r.gone[id] = true
+}
+
+// staleForUs reports whether an incoming state is of a case, or an entry of
+// a case, that this device moved out of its scope during the session.
+func (r *round) staleForUs(in *syncproto.Record) bool {
+	if len(r.gone) == 0 {
+		return false
+	}
+	if in.Collection == syncproto.Cases {
+		return r.gone[in.ID]
+	}
+	id, _ := in.String(syncproto.FieldCaseID)
+	return r.gone[id]
+}
+
+// dropJournal removes the stored entries of a case the device no longer sees.
+func (r *round) dropJournal(tx *stx, caseID string) error {
+	keys, err := entriesOf(tx, map[string]bool{caseID: true})
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := r.evict(tx, k); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -664,15 +707,30 @@ func (r *round) confirm(tx *stx, ch *syncproto.Change) error {
 		base = &syncproto.Record{Collection: k.Collection, ID: k.ID}
 	}
 	base.Join(ch.State(r.m.Device))
-	if base.Area == "" && k.Collection == syncproto.Entries {
+	if k.Collection == syncproto.Entries {
+		// An entry lies where its case lies on the server: take the area
+		// from the server-confirmed case, never from pending local edits
+		// (a move the server may yet reject). No confirmed case here means
+		// the device does not see it.
+		base.Area = ""
 		if id, ok := base.String(syncproto.FieldCaseID); ok {
-			base.Area, _ = localCases{tx, r.m}.CaseArea(id)
+			if c, ok, err := tx.record(syncproto.Key{Collection: syncproto.Cases, ID: id}); err != nil {
+				return err
+			} else if ok {
+				base.Area = c.Area
+			}
 		}
 	}
 	if base.Area == "" || !r.m.Scope.Contains(base.Area) {
 		// Accepted, but no longer the device's to hold: a note about a
 		// case that moved away meanwhile, or a case handed over. The
 		// server files it where it belongs now.
+		if k.Collection == syncproto.Cases {
+			r.movedAway(k.ID)
+			if err := r.dropJournal(tx, k.ID); err != nil {
+				return err
+			}
+		}
 		return tx.deleteRecord(k)
 	}
 	return tx.putRecord(base)

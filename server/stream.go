@@ -148,8 +148,20 @@ func (ss *session) sendBacklog(cursor map[string]uint64) (uint64, bool) {
 			}
 			return tx.Scan(after, head, func(it Item) (bool, error) {
 				last = it.Seq
-				if it.Record == nil && scope.Contains(it.MovedTo) {
-					return true, nil // moved within the scope: the new filing carries it
+				if it.Record == nil {
+					// A marker names the area the record moved to then; it
+					// may have moved on since (A→B→C leaves A's marker
+					// pointing at B). What counts is where it is now.
+					to := it.MovedTo
+					if cur, _, err := tx.Record(it.Key); err == nil {
+						to = cur.Area
+					} else if !errors.Is(err, ErrNotFound) {
+						return false, err
+					}
+					if scope.Contains(to) {
+						return true, nil // still in scope: its current filing carries it
+					}
+					it.MovedTo = to
 				}
 				batch.add(it)
 				full = len(batch.order) >= ss.srv.cfg.BatchRecords || batch.bytes >= batchBytes
