@@ -51,7 +51,7 @@ func (s *Server) routes() *fiber.App {
 	})
 	app.Get("/metrics", adaptor.HTTPHandler(promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{})))
 	app.Get("/v1/sync", s.authDevice, websocket.New(s.handleSession, websocket.Config{
-		HandshakeTimeout:  10 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
 		// Small read buffers and pooled write buffers: most devices are
 		// idle most of the day, and frames larger than a buffer still work.
 		ReadBufferSize:    4 << 10,
