@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -24,7 +25,8 @@ type SyncResult struct {
 	Pulled int `json:"pulled"`
 	// Evicted counts records removed because they left the device's scope.
 	Evicted int `json:"evicted"`
-	// Conflicts is the number of records with open conflicts afterwards.
+	// Conflicts is the number of records this round touched that have
+	// open conflicts afterwards (Status counts them all).
 	Conflicts int `json:"conflicts"`
 	// Seq is the server log sequence the replica reached.
 	Seq uint64 `json:"seq"`
@@ -129,6 +131,14 @@ type round struct {
 	progress func(Progress)
 	toPush   int
 	gone     map[string]bool // cases this device moved out of its scope this session
+	touched  map[syncproto.Key]bool
+}
+
+func (r *round) touch(k syncproto.Key) {
+	if r.touched == nil {
+		r.touched = map[syncproto.Key]bool{}
+	}
+	r.touched[k] = true
 }
 
 // session runs one connection. The caller holds syncMu.
@@ -166,10 +176,19 @@ func (c *Client) session(ctx context.Context, live bool, progress func(Progress)
 	c.recordOutcome(err)
 	if err == nil || errors.Is(err, context.Canceled) {
 		_ = c.view(func(tx *stx) error {
+			// Only the records this round touched: counting every
+			// conflict decodes the whole replica (Status does that).
 			m, _ := tx.meta()
-			cs, err := c.conflicts(tx, m)
-			r.res.Conflicts = len(cs)
-			return err
+			for k := range r.touched {
+				rec, _, err := visible(tx, m, k)
+				if err != nil {
+					return err
+				}
+				if rec != nil && len(rec.Conflicts()) > 0 {
+					r.res.Conflicts++
+				}
+			}
+			return nil
 		})
 	}
 	return r.res, c.terminal(err)
@@ -269,6 +288,10 @@ func (r *round) handshake(ctx context.Context, quit chan struct{}) error {
 		offset := time.UnixMilli(m.Time).Sub(mid)
 		c.clock.SetOffset(offset)
 		r.limits, r.head = m.Limits, m.Seq
+		if r.m.User == m.User && r.m.Role == m.Role && r.m.Scope.All == m.Scope.All && slices.Equal(r.m.Scope.Areas, m.Scope.Areas) &&
+			r.m.ClockOffsetMS == offset.Milliseconds() && (r.m.Checkpoint.Epoch == "" || r.m.Checkpoint.Epoch == m.Epoch) {
+			return nil // nothing new: spare the fsync
+		}
 		return c.update(func(tx *stx) error {
 			meta, err := tx.meta()
 			if err != nil {
@@ -413,6 +436,9 @@ func (r *round) handle(msg syncproto.Message) error {
 }
 
 func (r *round) saveCheckpoint(cp syncproto.Checkpoint) error {
+	if cp.Epoch == r.m.Checkpoint.Epoch && cp.Seq == r.m.Checkpoint.Seq && slices.Equal(cp.Areas, r.m.Checkpoint.Areas) {
+		return nil // nothing new: spare the fsync
+	}
 	return r.c.update(func(tx *stx) error {
 		m, err := tx.meta()
 		if err != nil {
@@ -498,6 +524,9 @@ func (r *round) applyChanges(msg *syncproto.Changes) error {
 	r.res.Evicted += len(msg.Evicted)
 	if len(msg.Evicted) > 0 {
 		r.purged = true
+	}
+	for _, k := range keys {
+		r.touch(k)
 	}
 	if len(keys) > 0 {
 		r.c.publish(Event{Keys: keys, Remote: true})
@@ -640,6 +669,7 @@ func (r *round) applyAck(batch []syncproto.Change, ack *syncproto.Ack) error {
 			switch e, isRej := rejected[ch.Seq]; {
 			case accepted[ch.Seq]:
 				pushed++
+				r.touch(k)
 				if err := tx.removeOutbox(ch.Seq); err != nil {
 					return err
 				}

@@ -34,6 +34,7 @@ type session struct {
 
 	compress bool // zstd negotiated
 	live     bool
+	welcomed bool // handshake done (reader only)
 
 	out        chan []byte   // frames for the writer
 	wakeCh     chan struct{} // the log grew in the session's scope
@@ -236,6 +237,10 @@ func (ss *session) run() {
 		streamer.Wait() // the streamer stops on ss.stop
 		close(ss.drain)
 		<-ss.writerDone
+		if ss.welcomed {
+			// Off the handshake's path: an fsync there would delay every sync.
+			ss.touchLastSeen()
+		}
 	}()
 	// A panic in a handler must never reach the client as text: log it and
 	// end the session with a generic internal error.
@@ -255,6 +260,7 @@ func (ss *session) run() {
 		ss.fail(syncproto.ToWire(err))
 		return
 	}
+	ss.welcomed = true
 	streamer.Add(1)
 	go func() { defer streamer.Done(); ss.stream(hello.Checkpoint) }()
 	ss.readLoop()
@@ -359,7 +365,6 @@ func (ss *session) welcome(hello *syncproto.Hello) error {
 		return err
 	}
 	ss.setScope(scope)
-	ss.touchLastSeen()
 	w := &syncproto.Welcome{
 		Version:  hello.Version, // Negotiate accepted it
 		ServerID: ss.srv.store.Meta().ServerID,
@@ -482,7 +487,7 @@ func (b *bucket) wait(n float64) time.Duration {
 	return time.Duration((n - b.tokens) / b.rate * float64(time.Second))
 }
 
-// touchLastSeen records the handshake time on the device, for the admin's
+// touchLastSeen records when the device was last connected, for the admin's
 // device list. It is bookkeeping: a failure is logged, not fatal.
 func (ss *session) touchLastSeen() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
