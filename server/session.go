@@ -235,6 +235,9 @@ func (ss *session) run() {
 	defer func() {
 		ss.end(syncproto.CloseNormal, "", nil)
 		streamer.Wait() // the streamer stops on ss.stop
+		// Leave the hub before the close frame goes out: a client that
+		// reconnects on seeing it must not find its old session counted.
+		ss.srv.hub.remove(ss)
 		close(ss.drain)
 		<-ss.writerDone
 		if ss.welcomed {
