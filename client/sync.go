@@ -130,7 +130,7 @@ type round struct {
 	head     uint64
 	progress func(Progress)
 	toPush   int
-	gone     map[string]bool // cases this device moved out of its scope this session
+	gone     map[string]syncproto.Dot // cases this device moved out of its scope this session
 	touched  map[syncproto.Key]bool
 }
 
@@ -536,25 +536,37 @@ func (r *round) applyChanges(msg *syncproto.Changes) error {
 }
 
 // movedAway remembers, for the rest of the session, a case this device
-// moved out of its own scope.
-func (r *round) movedAway(id string) {
+// moved out of its own scope, with the change that moved it.
+func (r *round) movedAway(id string, move syncproto.Dot) {
 	if r.gone == nil {
-		r.gone = map[string]bool{}
+		r.gone = map[string]syncproto.Dot{}
 	}
-	r.gone[id] = true
+	r.gone[id] = move
 }
 
-// staleForUs reports whether an incoming state is of a case, or an entry of
-// a case, that this device moved out of its scope during the session.
+// staleForUs reports whether an incoming state predates this device's own
+// hand-over of its case during the session: a backlog read before the move
+// committed. A case state whose area has seen the move is current (the case
+// may be back in scope: moved back, or the user's areas grew), and from it
+// on the case and its journal are taken as usual.
 func (r *round) staleForUs(in *syncproto.Record) bool {
 	if len(r.gone) == 0 {
 		return false
 	}
 	if in.Collection == syncproto.Cases {
-		return r.gone[in.ID]
+		move, ok := r.gone[in.ID]
+		if !ok {
+			return false
+		}
+		if in.Fields[syncproto.FieldArea].Seen.Covers(move) {
+			delete(r.gone, in.ID)
+			return false
+		}
+		return true
 	}
 	id, _ := in.String(syncproto.FieldCaseID)
-	return r.gone[id]
+	_, ok := r.gone[id]
+	return ok
 }
 
 // dropJournal removes the stored entries of a case the device no longer sees.
@@ -756,7 +768,7 @@ func (r *round) confirm(tx *stx, ch *syncproto.Change) error {
 		// case that moved away meanwhile, or a case handed over. The
 		// server files it where it belongs now.
 		if k.Collection == syncproto.Cases {
-			r.movedAway(k.ID)
+			r.movedAway(k.ID, syncproto.Dot{Device: r.m.Device, Seq: ch.Seq})
 			if err := r.dropJournal(tx, k.ID); err != nil {
 				return err
 			}
