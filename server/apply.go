@@ -55,10 +55,11 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 		ack = &syncproto.Ack{}
 		touched = make(map[string]struct{})
 		dups = 0
+		cases := newCaseIndex(tx)
 		for i := range p.Changes {
 			// Work on a copy: fn may run again after a failed group commit.
 			ch := cloneChange(&p.Changes[i])
-			areas, err := srv.applyChange(tx, actor, scope, ch)
+			areas, err := srv.applyChange(tx, cases, actor, scope, ch)
 			var pe *syncproto.Error
 			switch {
 			case err == nil:
@@ -111,20 +112,35 @@ func cloneChange(c *syncproto.Change) *syncproto.Change {
 }
 
 // caseIndex answers validation's questions about cases from a transaction.
-type caseIndex struct{ tx Tx }
+// It remembers the areas it has read for the transaction's life: a push of
+// notes asks for the same case's area twice per note, and decoding the case
+// each time was a quarter of the writer's time (BENCHMARKS.md, load).
+type caseIndex struct {
+	tx    Tx
+	areas map[string]string
+}
 
-func (ci caseIndex) CaseArea(id string) (string, bool) {
+func newCaseIndex(tx Tx) *caseIndex { return &caseIndex{tx: tx, areas: make(map[string]string)} }
+
+func (ci *caseIndex) CaseArea(id string) (string, bool) {
+	if a, ok := ci.areas[id]; ok {
+		return a, true
+	}
 	r, _, err := ci.tx.Record(syncproto.Key{Collection: syncproto.Cases, ID: id})
 	if err != nil {
-		return "", false
+		return "", false // not cached: the push may create the case later
 	}
+	ci.areas[id] = r.Area
 	return r.Area, true
 }
+
+// forget drops a case whose record changed, so its area is read again.
+func (ci *caseIndex) forget(id string) { delete(ci.areas, id) }
 
 // applyChange validates one change and, if it is acceptable, merges it into
 // the record, logs it and files it. It returns the areas it touched. A
 // *syncproto.Error rejects the change; any other error aborts the push.
-func (srv *Server) applyChange(tx Tx, actor syncproto.Actor, scope syncproto.Scope, ch *syncproto.Change) ([]string, error) {
+func (srv *Server) applyChange(tx Tx, cases *caseIndex, actor syncproto.Actor, scope syncproto.Scope, ch *syncproto.Change) ([]string, error) {
 	if err := ch.Validate(); err != nil {
 		return nil, err
 	}
@@ -149,7 +165,7 @@ func (srv *Server) applyChange(tx Tx, actor syncproto.Actor, scope syncproto.Sco
 	case err != nil:
 		return nil, err
 	}
-	area, err := srv.changeArea(tx, ch, cur)
+	area, err := srv.changeArea(cases, ch, cur)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +178,7 @@ func (srv *Server) applyChange(tx Tx, actor syncproto.Actor, scope syncproto.Sco
 			return nil, syncproto.Errorf(syncproto.ErrOutOfScope, "%s is in an area outside your scope", ch.Key())
 		}
 	}
-	if err := syncproto.ValidateChange(ch, cur, actor, caseIndex{tx}); err != nil {
+	if err := syncproto.ValidateChange(ch, cur, actor, cases); err != nil {
 		return nil, err
 	}
 	if err := checkClaims(ch, cur, actor.Device); err != nil {
@@ -192,6 +208,9 @@ func (srv *Server) applyChange(tx Tx, actor syncproto.Actor, scope syncproto.Sco
 	}
 	if err := srv.file(tx, rec, seq); err != nil {
 		return nil, err
+	}
+	if ch.Collection == syncproto.Cases {
+		cases.forget(ch.ID) // its area may have changed
 	}
 	if err := tx.MarkAccepted(actor.Device, ch.Seq, digest); err != nil {
 		return nil, err
@@ -269,7 +288,7 @@ func checkClaims(ch *syncproto.Change, cur *syncproto.Record, device string) err
 // changeArea returns the area that decides whether the change is in scope:
 // the case's current area, the area a new case names, or an entry's case's
 // area.
-func (srv *Server) changeArea(tx Tx, ch *syncproto.Change, cur *syncproto.Record) (string, error) {
+func (srv *Server) changeArea(cases *caseIndex, ch *syncproto.Change, cur *syncproto.Record) (string, error) {
 	if ch.Collection == syncproto.Cases {
 		if cur != nil {
 			return cur.Area, nil
@@ -292,7 +311,7 @@ func (srv *Server) changeArea(tx Tx, ch *syncproto.Change, cur *syncproto.Record
 	if caseID == "" {
 		return "", syncproto.Errorf(syncproto.ErrMissingField, "a new entry needs field %q", syncproto.FieldCaseID)
 	}
-	area, ok := caseIndex{tx}.CaseArea(caseID)
+	area, ok := cases.CaseArea(caseID)
 	if !ok {
 		return "", syncproto.Errorf(syncproto.ErrUnknownCase, "entry %s names case %q, which does not exist", ch.ID, caseID)
 	}
