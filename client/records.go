@@ -173,7 +173,7 @@ func (c *Client) CreateCase(ctx context.Context, fields map[string]any) (string,
 
 // SetCase changes fields of a case. Setting area moves the case.
 func (c *Client) SetCase(ctx context.Context, id string, fields map[string]any) error {
-	if err := c.mustExist(syncproto.Key{Collection: syncproto.Cases, ID: id}); err != nil {
+	if err := c.mustExist(ctx, syncproto.Key{Collection: syncproto.Cases, ID: id}); err != nil {
 		return err
 	}
 	return c.write(syncproto.Key{Collection: syncproto.Cases, ID: id}, fields)
@@ -199,7 +199,7 @@ func (c *Client) AddEntry(ctx context.Context, caseID string, fields map[string]
 
 // EditEntry changes fields of an entry the user wrote.
 func (c *Client) EditEntry(ctx context.Context, id string, fields map[string]any) error {
-	if err := c.mustExist(syncproto.Key{Collection: syncproto.Entries, ID: id}); err != nil {
+	if err := c.mustExist(ctx, syncproto.Key{Collection: syncproto.Entries, ID: id}); err != nil {
 		return err
 	}
 	return c.write(syncproto.Key{Collection: syncproto.Entries, ID: id}, fields)
@@ -224,8 +224,8 @@ func (c *Client) meta() (Meta, error) {
 // ErrNotFound is returned when a record is not on this device.
 var ErrNotFound = fmt.Errorf("client: no such record on this device")
 
-func (c *Client) mustExist(k syncproto.Key) error {
-	_, err := c.Get(context.Background(), k)
+func (c *Client) mustExist(ctx context.Context, k syncproto.Key) error {
+	_, err := c.Get(ctx, k)
 	return err
 }
 
