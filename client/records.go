@@ -2,6 +2,7 @@ package client
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -78,18 +79,33 @@ func visible(tx *stx, m Meta, k syncproto.Key) (*syncproto.Record, bool, error) 
 	return base, len(pending) > 0, nil
 }
 
-// localCases answers validation's case lookups from the replica.
+// localCases answers validation's case lookups from the replica, each case
+// read once per write (validation asks, then write asks for the area).
 type localCases struct {
-	tx *stx
-	m  Meta
+	tx    *stx
+	m     Meta
+	found map[string]caseFound
 }
 
-func (l localCases) CaseArea(id string) (string, bool) {
-	r, _, err := visible(l.tx, l.m, syncproto.Key{Collection: syncproto.Cases, ID: id})
-	if err != nil || r == nil {
-		return "", false
+type caseFound struct {
+	area string
+	ok   bool
+}
+
+func newLocalCases(tx *stx, m Meta) *localCases {
+	return &localCases{tx: tx, m: m, found: map[string]caseFound{}}
+}
+
+func (l *localCases) CaseArea(id string) (string, bool) {
+	f, seen := l.found[id]
+	if !seen {
+		r, _, err := visible(l.tx, l.m, syncproto.Key{Collection: syncproto.Cases, ID: id})
+		if err == nil && r != nil {
+			f = caseFound{r.Area, true}
+		}
+		l.found[id] = f
 	}
-	return r.Area, true
+	return f.area, f.ok
 }
 
 // write makes a change to one record durable in the outbox, after checking
@@ -119,7 +135,8 @@ func (c *Client) write(k syncproto.Key, values map[string]any) error {
 			m.NextSeq = 1
 		}
 		ch := syncproto.Edit(cur, k.Collection, k.ID, m.NextSeq, c.clock.Now(), raw)
-		if err := syncproto.ValidateChange(&ch, cur, syncproto.Actor{User: m.User, Device: m.Device}, localCases{tx, m}); err != nil {
+		cases := newLocalCases(tx, m)
+		if err := syncproto.ValidateChange(&ch, cur, syncproto.Actor{User: m.User, Device: m.Device}, cases); err != nil {
 			return err
 		}
 		area := ""
@@ -130,7 +147,7 @@ func (c *Client) write(k syncproto.Key, values map[string]any) error {
 		} else {
 			var caseID string
 			_ = json.Unmarshal(ch.Fields[syncproto.FieldCaseID].Data, &caseID)
-			area, _ = localCases{tx, m}.CaseArea(caseID)
+			area, _ = cases.CaseArea(caseID)
 		}
 		if !m.Scope.Contains(area) {
 			return syncproto.Errorf(syncproto.ErrOutOfScope, "area %q is not one of yours", area)
@@ -355,42 +372,50 @@ type shown struct {
 	pending bool
 }
 
-// allVisible returns every record as the user sees it.
+// allVisible returns every record as the user sees it, ordered by key.
+// Each record is decrypted once: those with pending changes are joined with
+// them, the rest are shown as confirmed.
 func allVisible(tx *stx, m Meta) ([]shown, error) {
-	var keys []syncproto.Key
-	err := tx.forEachRecord(func(r *syncproto.Record) error {
-		keys = append(keys, r.Key())
+	pending, err := tx.pendingKeys()
+	if err != nil {
+		return nil, err
+	}
+	joined := make(map[syncproto.Key]bool, len(pending))
+	for _, k := range pending {
+		joined[k] = true
+	}
+	var out []shown
+	err = tx.forEachRecord(func(r *syncproto.Record) error {
+		k := r.Key()
+		if joined[k] {
+			return nil // below, with its pending changes
+		}
+		if ev, err := tx.isEvicted(k); err != nil || ev {
+			return err // left the device's scope
+		}
+		out = append(out, shown{r, false})
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	pending, err := tx.outbox()
-	if err != nil {
-		return nil, err
-	}
-	for _, ch := range pending {
-		keys = append(keys, ch.Key())
-	}
-	slices.SortFunc(keys, func(a, b syncproto.Key) int {
-		return strings.Compare(a.String(), b.String())
-	})
-	keys = slices.Compact(keys)
-	out := make([]shown, 0, len(keys))
-	for _, k := range keys {
+	for _, k := range pending {
 		if ev, err := tx.isEvicted(k); err != nil {
 			return nil, err
 		} else if ev {
 			continue // left the device's scope; its pending changes are still pushed
 		}
-		r, pending, err := visible(tx, m, k)
+		r, isPending, err := visible(tx, m, k)
 		if err != nil {
 			return nil, err
 		}
 		if r != nil {
-			out = append(out, shown{r, pending})
+			out = append(out, shown{r, isPending})
 		}
 	}
+	slices.SortFunc(out, func(a, b shown) int {
+		return cmp.Or(strings.Compare(string(a.Collection), string(b.Collection)), strings.Compare(a.ID, b.ID))
+	})
 	return out, nil
 }
 
@@ -416,12 +441,24 @@ func (c *Client) Conflicts(ctx context.Context) ([]RecordConflict, error) {
 }
 
 func (c *Client) conflicts(tx *stx, m Meta) ([]RecordConflict, error) {
-	all, err := allVisible(tx, m)
+	keys, err := tx.conflictCandidates()
 	if err != nil {
 		return nil, err
 	}
 	var out []RecordConflict
-	for _, r := range all {
+	for _, k := range keys {
+		if ev, err := tx.isEvicted(k); err != nil {
+			return nil, err
+		} else if ev {
+			continue // left the device's scope
+		}
+		r, _, err := visible(tx, m, k)
+		if err != nil {
+			return nil, err
+		}
+		if r == nil {
+			continue
+		}
 		if cs := r.Conflicts(); len(cs) > 0 {
 			out = append(out, RecordConflict{Key: r.Key(), Area: r.Area, Conflicts: cs})
 		}

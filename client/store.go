@@ -5,7 +5,8 @@ package client
 // Layout (every bucket at the top level):
 //
 //	header         plaintext  "format" → storeFormat, "key" → keyHeader JSON
-//	meta           sealed     "meta" → Meta JSON
+//	meta           sealed     "meta" → Meta JSON; "conflicts" → JSON list of the keys
+//	                          of records whose confirmed state is in conflict (conflictset.go)
 //	records        sealed     collection "/" id → Record JSON (server-confirmed state)
 //	outbox         sealed     seq (8 bytes, big-endian) → Change JSON
 //	outbox_by_key  sealed     collection "/" id 0x00 seq → seq (index for outboxFor)
@@ -120,11 +121,7 @@ func (s *store) sharedTx(readOnly bool, fn func(t *stx) error) error {
 	if readOnly {
 		run = db.View
 	}
-	return run(func(tx *bbolt.Tx) error {
-		t := &stx{tx: tx, s: s.sealer}
-		defer t.end()
-		return fn(t)
-	})
+	return run(func(tx *bbolt.Tx) error { return runTx(tx, s.sealer, fn) })
 }
 
 // openStore opens the store at path, creating it (and its parent directory,
@@ -357,11 +354,7 @@ func (s *store) update(fn func(t *stx) error) error {
 	if s.db == nil {
 		return ErrClosed
 	}
-	return s.db.Update(func(tx *bbolt.Tx) error {
-		t := &stx{tx: tx, s: s.sealer}
-		defer t.end()
-		return fn(t)
-	})
+	return s.db.Update(func(tx *bbolt.Tx) error { return runTx(tx, s.sealer, fn) })
 }
 
 // view runs fn in a read-only transaction, concurrently with others.
@@ -374,11 +367,18 @@ func (s *store) view(fn func(t *stx) error) error {
 	if s.db == nil {
 		return ErrClosed
 	}
-	return s.db.View(func(tx *bbolt.Tx) error {
-		t := &stx{tx: tx, s: s.sealer}
-		defer t.end()
-		return fn(t)
-	})
+	return s.db.View(func(tx *bbolt.Tx) error { return runTx(tx, s.sealer, fn) })
+}
+
+// runTx runs fn on tx and, in a read-write transaction that fn completed,
+// writes back the indexes fn changed, before bbolt commits.
+func runTx(tx *bbolt.Tx, sl *sealer, fn func(t *stx) error) error {
+	t := &stx{tx: tx, s: sl}
+	defer t.end()
+	if err := fn(t); err != nil {
+		return err
+	}
+	return t.flush()
 }
 
 // compact rewrites the store into a fresh file. bbolt never returns freed

@@ -155,7 +155,7 @@ func TestStoreRoundTrip(t *testing.T) {
 	})
 
 	mustUpdate(t, s, func(tx *stx) error {
-		return errors.Join(tx.deleteRecord(kc), tx.removeOutbox(1), tx.removeRejected(3), tx.clearEvicted(kc))
+		return errors.Join(tx.deleteRecord(kc), tx.removeOutbox(1, ch1.Key()), tx.removeRejected(3), tx.clearEvicted(kc))
 	})
 	mustView(t, s, func(tx *stx) error {
 		if _, ok, err := tx.record(kc); ok || err != nil {
@@ -237,16 +237,21 @@ func TestOutboxOrderAndIndex(t *testing.T) {
 	s := openTest(t, storePath(t), passKS("pw"))
 	keys := []syncproto.Key{{Collection: syncproto.Cases, ID: "A"}, {Collection: syncproto.Cases, ID: "A-1"}, {Collection: syncproto.Entries, ID: "A"}}
 	// Appended out of order, across transactions: order comes from Seq.
+	keyOf := func(seq uint64) syncproto.Key { return keys[int(seq)%len(keys)] }
 	seqs := []uint64{5, 1, 9, 3, 2, 8, 4, 7, 6, 10, 12, 11, 256, 255, 257}
 	for i, seq := range seqs {
-		k := keys[int(seq)%len(keys)]
+		k := keyOf(seq)
 		c := change(seq, k.Collection, k.ID, fmt.Sprint("v", seq))
 		mustUpdate(t, s, func(tx *stx) error { return tx.appendOutbox(c) })
 		if i == 7 {
-			mustUpdate(t, s, func(tx *stx) error { return errors.Join(tx.removeOutbox(4), tx.removeOutbox(999)) })
+			mustUpdate(t, s, func(tx *stx) error {
+				return errors.Join(tx.removeOutbox(4, keyOf(4)), tx.removeOutbox(999, keyOf(999)))
+			})
 		}
 	}
-	mustUpdate(t, s, func(tx *stx) error { return errors.Join(tx.removeOutbox(9), tx.removeOutbox(256), tx.removeOutbox(9)) })
+	mustUpdate(t, s, func(tx *stx) error {
+		return errors.Join(tx.removeOutbox(9, keyOf(9)), tx.removeOutbox(256, keyOf(256)), tx.removeOutbox(9, keyOf(9)))
+	})
 
 	want := []uint64{1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 255, 257}
 	mustView(t, s, func(tx *stx) error {

@@ -19,8 +19,9 @@ import (
 // opened on the way out; everything returned is a fresh copy the caller
 // owns, safe to keep after the transaction ends.
 type stx struct {
-	tx *bbolt.Tx
-	s  *sealer
+	tx   *bbolt.Tx
+	s    *sealer
+	conf *conflictSet // the conflict index, once read (conflictset.go)
 }
 
 func (t *stx) end() { t.tx = nil }
@@ -150,6 +151,16 @@ func recordKey(k syncproto.Key) ([]byte, error) {
 	return []byte(k.String()), nil
 }
 
+// parseRecordKey is recordKey's inverse.
+func parseRecordKey(rk []byte) (syncproto.Key, error) {
+	coll, id, ok := bytes.Cut(rk, []byte("/"))
+	k := syncproto.Key{Collection: syncproto.Collection(coll), ID: string(id)}
+	if !ok || !syncproto.ValidID(string(coll)) || !syncproto.ValidID(k.ID) {
+		return syncproto.Key{}, fmt.Errorf("%w: record key %q", ErrCorrupt, rk)
+	}
+	return k, nil
+}
+
 func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
 
 // outboxIdxKey is recordKey ‖ 0x00 ‖ seq, so one prefix scan finds a
@@ -191,12 +202,18 @@ func (t *stx) putRecord(r *syncproto.Record) error {
 	if err != nil {
 		return err
 	}
+	if err := t.markConflicted(r.Key(), hasConflict(r)); err != nil {
+		return err
+	}
 	return t.put(bucketRecords, rk, r)
 }
 
 func (t *stx) deleteRecord(k syncproto.Key) error {
 	rk, err := recordKey(k)
 	if err != nil {
+		return err
+	}
+	if err := t.markConflicted(k, false); err != nil {
 		return err
 	}
 	return t.del(bucketRecords, rk)
@@ -317,23 +334,70 @@ func (t *stx) outboxLen() (n int, err error) {
 	return n, err
 }
 
-// removeOutbox removes change seq and its index entry; absent is fine, so a
-// repeated ack is harmless.
-func (t *stx) removeOutbox(seq uint64) error {
-	sk := seqKey(seq)
-	var c syncproto.Change
-	ok, err := t.get(bucketOutbox, sk, &c)
-	if err != nil || !ok {
+// removeOutbox removes change seq, a change to record k, and its index
+// entry; absent is fine, so a repeated ack is harmless. The caller names
+// the record (it holds the change it sent), so nothing is decrypted; a seq
+// whose index entry names another record is damage, not a removal.
+func (t *stx) removeOutbox(seq uint64, k syncproto.Key) error {
+	rk, err := recordKey(k)
+	if err != nil {
 		return err
 	}
-	rk, err := recordKey(c.Key())
+	b, err := t.bucket(bucketOutbox)
 	if err != nil {
-		return fmt.Errorf("%w: outbox change %d: %v", ErrCorrupt, seq, err)
+		return err
 	}
-	if err := t.del(bucketOutboxIdx, outboxIdxKey(rk, seq)); err != nil {
+	sk := seqKey(seq)
+	if b.Get(sk) == nil {
+		return nil
+	}
+	idx, err := t.bucket(bucketOutboxIdx)
+	if err != nil {
+		return err
+	}
+	ik := outboxIdxKey(rk, seq)
+	if idx.Get(ik) == nil {
+		return fmt.Errorf("%w: outbox change %d is not indexed under %s", ErrCorrupt, seq, k)
+	}
+	if err := t.del(bucketOutboxIdx, ik); err != nil {
 		return err
 	}
 	return t.del(bucketOutbox, sk)
+}
+
+// pendingKeys returns the keys of the records with pending changes, from
+// the outbox index's keys alone: nothing is decrypted.
+func (t *stx) pendingKeys() ([]syncproto.Key, error) {
+	var out []syncproto.Key
+	err := t.each(bucketOutboxIdx, nil, func(key, _ []byte) error {
+		if len(key) < 9 || key[len(key)-9] != 0 {
+			return fmt.Errorf("%w: outbox index key %q", ErrCorrupt, key)
+		}
+		k, err := parseRecordKey(key[:len(key)-9])
+		if err != nil {
+			return err
+		}
+		if n := len(out); n == 0 || out[n-1] != k {
+			out = append(out, k)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// hasPending reports whether record k has pending changes, by the index.
+func (t *stx) hasPending(k syncproto.Key) (bool, error) {
+	rk, err := recordKey(k)
+	if err != nil {
+		return false, err
+	}
+	b, err := t.bucket(bucketOutboxIdx)
+	if err != nil {
+		return false, err
+	}
+	prefix := append(rk, 0)
+	key, _ := b.Cursor().Seek(prefix)
+	return key != nil && len(key) == len(prefix)+8 && bytes.HasPrefix(key, prefix), nil
 }
 
 // putRejected keeps r, keyed by its change's Seq; a later one replaces it.

@@ -24,8 +24,11 @@ type conn struct {
 	ws       *websocket.Conn
 	codec    *syncproto.Codec
 	compress atomic.Bool // zstd negotiated; set by the reader on welcome
-	msgs     chan inbound
-	done     chan struct{} // closed when the reader returns
+	// msgs holds at most two decoded messages ahead of the session: enough
+	// for decoding to overlap applying, while a cold pull's memory stays a
+	// few MiB of decoded changes, not eight batches of them.
+	msgs chan inbound
+	done chan struct{} // closed when the reader returns
 }
 
 // inbound is a message from the server, or the error that ended reading.
@@ -91,7 +94,7 @@ func (c *Client) dial(ctx context.Context, m Meta) (*websocket.Conn, error) {
 }
 
 func newConn(ws *websocket.Conn, codec *syncproto.Codec) *conn {
-	return &conn{ws: ws, codec: codec, msgs: make(chan inbound, 8), done: make(chan struct{})}
+	return &conn{ws: ws, codec: codec, msgs: make(chan inbound, 2), done: make(chan struct{})}
 }
 
 // readLoop decodes frames until the connection fails; the last item on

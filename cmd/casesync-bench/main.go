@@ -29,6 +29,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -47,6 +48,7 @@ type options struct {
 	writes     int
 	edits      int
 	scale      int
+	skip       map[string]bool
 }
 
 // bench is one benchmark run's state.
@@ -100,8 +102,19 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&o.writes, "writes", 200, "local writes measured")
 	fs.IntVar(&o.edits, "edits", 100, "delta: local and remote edits each")
 	fs.IntVar(&o.scale, "scale", 10, "scale: the server holds this many times the data")
+	skip := fs.String("skip", "", "comma-separated steps to leave out, for a quicker look: fanout, scale, limits (each is reported as not run)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	o.skip = map[string]bool{}
+	for _, s := range strings.Split(*skip, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "":
+		case "fanout", "scale", "limits":
+			o.skip[s] = true
+		default:
+			return fmt.Errorf("--skip %q: only fanout, scale and limits can be left out (the others feed later steps)", s)
+		}
 	}
 	if o.runs < 1 || o.fanout < 1 || o.scale < 1 {
 		return errors.New("--runs, --fanout and --scale must be at least 1")
@@ -195,6 +208,10 @@ func (b *bench) all(ctx context.Context) error {
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if b.o.skip[s.name] || (s.name == "scale-data" && b.o.skip["scale"]) {
+			b.log.Info("step skipped", "name", s.name)
+			continue
 		}
 		t := time.Now()
 		b.log.Info("step", "name", s.name)
