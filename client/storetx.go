@@ -68,7 +68,12 @@ func (t *stx) decode(name, key, sealed []byte, v any) error {
 	if v == nil {
 		return nil
 	}
-	if err := json.Unmarshal(plain, v); err != nil {
+	if r, ok := v.(*syncproto.Record); ok {
+		err = r.UnmarshalJSON(plain) // its own codec checks the syntax too
+	} else {
+		err = json.Unmarshal(plain, v)
+	}
+	if err != nil {
 		return fmt.Errorf("%w: %s %q: %v", ErrCorrupt, name, key, err)
 	}
 	return nil
@@ -85,6 +90,12 @@ func (t *stx) put(name, key []byte, v any) (err error) {
 	switch v := v.(type) {
 	case []byte:
 		plain = bytes.Clone(v)
+	case *syncproto.Record:
+		// Its own encoder: through Marshal, encoding/json would check and
+		// compact the bytes once more.
+		if plain, err = v.MarshalJSON(); err != nil {
+			return fmt.Errorf("client: store %s: %w", name, err)
+		}
 	default:
 		if plain, err = syncproto.Marshal(v); err != nil {
 			return fmt.Errorf("client: store %s: %w", name, err)

@@ -41,6 +41,24 @@ func (s Stamp) MarshalJSON() ([]byte, error) {
 
 // UnmarshalJSON reads a 16-digit hexadecimal string.
 func (s *Stamp) UnmarshalJSON(b []byte) error {
+	if len(b) == 18 && b[0] == '"' && b[17] == '"' {
+		// The form every stamp is written in: no escapes to decode.
+		var v uint64
+		for _, c := range b[1:17] {
+			switch {
+			case c >= '0' && c <= '9':
+				v = v<<4 | uint64(c-'0')
+			case c >= 'a' && c <= 'f':
+				v = v<<4 | uint64(c-'a'+10)
+			case c >= 'A' && c <= 'F':
+				v = v<<4 | uint64(c-'A'+10)
+			default:
+				return Errorf(ErrMalformed, "stamp must be a string of 16 hex digits")
+			}
+		}
+		*s = Stamp(v)
+		return nil
+	}
 	var str string
 	if err := json.Unmarshal(b, &str); err != nil || len(str) != 16 {
 		return Errorf(ErrMalformed, "stamp must be a string of 16 hex digits")
