@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,25 +44,33 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 	}
 	actor := syncproto.Actor{User: ss.user.Name, Device: ss.device.ID}
 	scope := ss.currentScope()
+	// What depends only on the change is done here, on the session's
+	// goroutine, so that sessions do it in parallel: the store's single
+	// writer only reads, merges and writes (BENCHMARKS.md, load).
+	preps := make([]prepared, len(p.Changes))
+	for i := range p.Changes {
+		if err := preps[i].prepare(&p.Changes[i], actor); err != nil {
+			return nil, fmt.Errorf("apply push: %w", err)
+		}
+	}
 	var ack *syncproto.Ack
 	var touched map[string]struct{}
 	var dups int
 	start := time.Now()
 	// The push must commit even if the session is ending: a graceful
 	// shutdown finishes in-flight batches and acknowledges them.
-	err := srv.store.Update(context.Background(), func(tx Tx) error {
+	err := srv.update(context.Background(), len(p.Changes), func(tx Tx) error {
 		ack = &syncproto.Ack{}
 		touched = make(map[string]struct{})
 		dups = 0
 		cases := newCaseIndex(tx)
-		for i := range p.Changes {
-			// Work on a copy: fn may run again after a failed group commit.
-			ch := cloneChange(&p.Changes[i])
-			areas, err := srv.applyChange(tx, cases, actor, scope, ch)
+		at := srv.cfg.Now().UTC()
+		for i := range preps {
+			areas, err := srv.applyChange(tx, cases, actor, scope, &preps[i], at)
 			var pe *syncproto.Error
 			switch {
 			case err == nil:
-				ack.Accepted = append(ack.Accepted, ch.Seq)
+				ack.Accepted = append(ack.Accepted, preps[i].ch.Seq)
 				if areas == nil {
 					dups++ // a resend of a change accepted before
 				}
@@ -72,7 +79,7 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 				}
 			case errors.As(err, &pe):
 				r := *pe
-				r.Change = ch.Seq
+				r.Change = preps[i].ch.Seq
 				ack.Rejected = append(ack.Rejected, r)
 			default:
 				return err
@@ -102,19 +109,27 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 	return ack, nil
 }
 
-func cloneChange(c *syncproto.Change) *syncproto.Change {
-	out := *c
-	out.Fields = make(map[string]syncproto.Write, len(c.Fields))
-	for k, v := range c.Fields {
-		out.Fields[k] = v
+// weightedStore is a Store whose group commits can be bounded by the work
+// in them rather than by the number of updates (boltstore.Store).
+type weightedStore interface {
+	UpdateWeight(ctx context.Context, weight int, fn func(tx Tx) error) error
+}
+
+// update runs fn as a store update that does weight units of work (a
+// push's changes), so a group commit stays bounded in changes and an
+// ack does not wait for ten thousand others.
+func (srv *Server) update(ctx context.Context, weight int, fn func(tx Tx) error) error {
+	if ws, ok := srv.store.(weightedStore); ok {
+		return ws.UpdateWeight(ctx, weight, fn)
 	}
-	return &out
+	return srv.store.Update(ctx, fn)
 }
 
 // caseIndex answers validation's questions about cases from a transaction.
-// It remembers the areas it has read for the transaction's life: a push of
-// notes asks for the same case's area twice per note, and decoding the case
-// each time was a quarter of the writer's time (BENCHMARKS.md, load).
+// It reads a case's area from the record's stored head, without decoding
+// the case (decoding it was a quarter of the writer's time, BENCHMARKS.md,
+// load), and remembers the areas it has read for the transaction's life: a
+// push of notes asks for the same case's area twice per note.
 type caseIndex struct {
 	tx    Tx
 	areas map[string]string
@@ -126,12 +141,12 @@ func (ci *caseIndex) CaseArea(id string) (string, bool) {
 	if a, ok := ci.areas[id]; ok {
 		return a, true
 	}
-	r, _, err := ci.tx.Record(syncproto.Key{Collection: syncproto.Cases, ID: id})
+	a, err := ci.tx.RecordArea(syncproto.Key{Collection: syncproto.Cases, ID: id})
 	if err != nil {
 		return "", false // not cached: the push may create the case later
 	}
-	ci.areas[id] = r.Area
-	return r.Area, true
+	ci.areas[id] = a
+	return a, true
 }
 
 // forget drops a case whose record changed, so its area is read again.
@@ -140,14 +155,17 @@ func (ci *caseIndex) forget(id string) { delete(ci.areas, id) }
 // applyChange validates one change and, if it is acceptable, merges it into
 // the record, logs it and files it. It returns the areas it touched. A
 // *syncproto.Error rejects the change; any other error aborts the push.
-func (srv *Server) applyChange(tx Tx, cases *caseIndex, actor syncproto.Actor, scope syncproto.Scope, ch *syncproto.Change) ([]string, error) {
-	if err := ch.Validate(); err != nil {
-		return nil, err
+//
+// It runs on the store's writer, and may run again after a failed group
+// commit: it leaves p as it found it.
+func (srv *Server) applyChange(tx Tx, cases *caseIndex, actor syncproto.Actor, scope syncproto.Scope, p *prepared, at time.Time) ([]string, error) {
+	if p.invalid != nil {
+		return nil, p.invalid
 	}
-	digest, err := changeDigest(ch)
-	if err != nil {
-		return nil, err
-	}
+	// p.ch is shared with the function's next run: ValidateChange and the
+	// clock bound write to a copy.
+	ch := p.ch
+	digest := p.digest
 	prev, seen, err := tx.Accepted(actor.Device, ch.Seq)
 	if err != nil {
 		return nil, err
@@ -178,35 +196,77 @@ func (srv *Server) applyChange(tx Tx, cases *caseIndex, actor syncproto.Actor, s
 			return nil, syncproto.Errorf(syncproto.ErrOutOfScope, "%s is in an area outside your scope", ch.Key())
 		}
 	}
-	if err := syncproto.ValidateChange(ch, cur, actor, cases); err != nil {
-		return nil, err
+	// A new record's validation was done before the push reached the
+	// writer: it does not depend on the store, but for its case existing,
+	// which changeArea has just checked with the same lookup.
+	fresh := cur == nil
+	if fresh {
+		if p.newInvalid != nil {
+			return nil, p.newInvalid
+		}
+	} else {
+		ch = cloneChange(p.ch)
+		if err := syncproto.ValidateChange(ch, cur, actor, cases); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkClaims(ch, cur, actor.Device); err != nil {
 		return nil, err
 	}
 	// A laptop clock far ahead gets the server's time instead (PROTOCOL.md §6.4).
-	ch.Stamp, _ = srv.clock.Bound(ch.Stamp)
+	state, changeJSON := p.state, p.js
+	if stamp, _ := srv.clock.Bound(ch.Stamp); stamp != ch.Stamp {
+		if ch == p.ch {
+			ch = cloneChange(p.ch)
+		}
+		ch.Stamp = stamp
+		state, changeJSON, fresh = ch.State(actor.Device), nil, false
+	}
 
-	rec := cur
-	if rec == nil {
-		rec = &syncproto.Record{Collection: ch.Collection, ID: ch.ID, Area: area}
-	}
-	oldArea := rec.Area
-	rec.Join(ch.State(actor.Device))
-	if ch.Collection == syncproto.Entries {
-		rec.Area = area
-	}
-	if err := syncproto.CheckSize(rec); err != nil {
-		return nil, err
+	var rec *syncproto.Record
+	var js []byte
+	oldArea := area
+	if fresh {
+		// The new record is the prepared one, filed under area.
+		r := *p.newRec
+		r.Area = area
+		rec = &r
+		if js, err = p.newRecordJSON(area); err != nil {
+			return nil, err
+		}
+	} else {
+		rec = cur
+		if rec == nil {
+			rec = &syncproto.Record{Collection: ch.Collection, ID: ch.ID, Area: area}
+		}
+		oldArea = rec.Area
+		rec.Join(state)
+		if ch.Collection == syncproto.Entries {
+			rec.Area = area
+		}
+		if js, err = encodeChecked(rec); err != nil {
+			return nil, err
+		}
 	}
 	seq, err := tx.NextSeq()
 	if err != nil {
 		return nil, err
 	}
-	if err := tx.AppendLog(seq, LogEntry{Device: actor.Device, User: actor.User, Area: rec.Area, Change: *ch, At: srv.cfg.Now().UTC()}); err != nil {
+	entry, err := encodeLogEntry(LogEntry{Device: actor.Device, User: actor.User, Area: rec.Area, Change: *ch, At: at}, changeJSON)
+	if err != nil {
 		return nil, err
 	}
-	if err := srv.file(tx, rec, seq); err != nil {
+	if err := tx.AppendLogJSON(seq, entry); err != nil {
+		return nil, err
+	}
+	conflicted := p.newConflicted
+	if !fresh {
+		conflicted = len(rec.Conflicts()) > 0
+	}
+	if err := tx.PutRecordJSON(rec, js, seq); err != nil {
+		return nil, err
+	}
+	if err := tx.SetConflict(rec.Key(), rec.Area, conflicted); err != nil {
 		return nil, err
 	}
 	if ch.Collection == syncproto.Cases {
@@ -351,22 +411,4 @@ func (srv *Server) refileEntries(tx Tx, caseID, area string) error {
 		}
 	}
 	return nil
-}
-
-// changeDigest identifies a change's content, with values canonical, so a
-// resend is recognised and a reused sequence number is caught.
-func changeDigest(ch *syncproto.Change) ([]byte, error) {
-	c := cloneChange(ch)
-	for k, w := range c.Fields {
-		if v, err := syncproto.Canonical(w.Data); err == nil {
-			w.Data = v
-			c.Fields[k] = w
-		}
-	}
-	b, err := syncproto.Marshal(c)
-	if err != nil {
-		return nil, err
-	}
-	sum := sha256.Sum256(b)
-	return sum[:], nil
 }

@@ -12,9 +12,12 @@ type hub struct {
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	closed   bool
+
+	// frames holds changes messages that sessions of one scope share.
+	frames *frameCache
 }
 
-func newHub() *hub { return &hub{sessions: make(map[*session]struct{})} }
+func newHub() *hub { return &hub{sessions: make(map[*session]struct{}), frames: newFrameCache()} }
 
 // add registers a session. It fails if the device already has max sessions
 // or the hub is closed.

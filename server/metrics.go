@@ -14,6 +14,7 @@ type metrics struct {
 	bytes     *prometheus.CounterVec
 	commit    prometheus.Histogram
 	dropped   *prometheus.CounterVec
+	frames    *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -35,8 +36,11 @@ func newMetrics() *metrics {
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "casesync_sessions_closed_total", Help: "Sessions ended by the server, by reason.",
 		}, []string{"reason"}),
+		frames: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "casesync_shared_frames_total", Help: "Changes messages encoded once for every session with the same scope and position: built (by the first session) or shared (sent as built by another).",
+		}, []string{"result"}),
 	}
-	m.reg.MustRegister(m.connected, m.changes, m.bytes, m.commit, m.dropped,
+	m.reg.MustRegister(m.connected, m.changes, m.bytes, m.commit, m.dropped, m.frames,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -29,13 +29,13 @@ type device struct {
 	clock     *syncproto.Clock
 }
 
-func newDevice(t *testing.T, s *servertest.Server, user string) *device {
+func newDevice(t testing.TB, s *servertest.Server, user string) *device {
 	t.Helper()
 	id, tok := s.Enroll(user)
 	return &device{id: id, token: tok, clock: syncproto.NewClock(nil, 0)}
 }
 
-func (d *device) connect(t *testing.T, s *servertest.Server, hello *syncproto.Hello) (*servertest.Conn, *syncproto.Welcome) {
+func (d *device) connect(t testing.TB, s *servertest.Server, hello *syncproto.Hello) (*servertest.Conn, *syncproto.Welcome) {
 	t.Helper()
 	return servertest.Handshake(t, s.WS, d.id, d.token, hello)
 }
@@ -65,14 +65,14 @@ func (d *device) edit(cur *syncproto.Record, fields map[string]json.RawMessage) 
 	return syncproto.Edit(cur, cur.Collection, cur.ID, d.seq, d.clock.Now(), fields)
 }
 
-func push(t *testing.T, c *servertest.Conn, changes ...syncproto.Change) *syncproto.Ack {
+func push(t testing.TB, c *servertest.Conn, changes ...syncproto.Change) *syncproto.Ack {
 	t.Helper()
 	ack, _ := pushCollect(t, c, changes...)
 	return ack
 }
 
 // pushCollect pushes and returns the ack and the messages that arrived before it.
-func pushCollect(t *testing.T, c *servertest.Conn, changes ...syncproto.Change) (*syncproto.Ack, []syncproto.Message) {
+func pushCollect(t testing.TB, c *servertest.Conn, changes ...syncproto.Change) (*syncproto.Ack, []syncproto.Message) {
 	t.Helper()
 	c.Send(&syncproto.Push{Changes: changes})
 	return servertest.Until[*syncproto.Ack](c)

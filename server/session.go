@@ -14,13 +14,18 @@ import (
 	"github.com/casesync/casesync/syncproto"
 )
 
-// session is one device's WebSocket connection. Three goroutines serve it:
-// the handler goroutine reads frames and applies pushes (Fiber requires it to
+// session is one device's WebSocket connection. Goroutines serve it: the
+// handler goroutine reads frames and applies pushes (Fiber requires it to
 // block for the connection's life), a writer owns every write to the socket
-// (two writers would corrupt it), and a streamer sends the backlog and then
-// live changes. The reader owns the session's end: it stops the streamer,
-// lets the writer drain queued acknowledgements and send the close frame,
-// and waits for both.
+// (two writers would corrupt it), and a streamer sends the backlog and then,
+// in a live session, changes as they commit. A live session's streamer runs
+// only while there is something to send: an idle device costs two parked
+// goroutines, not three (BENCHMARKS.md, load). The reader owns the
+// session's end: it stops the streamer, lets the writer drain queued
+// acknowledgements and send the close frame, and waits for both.
+//
+// Lock order: hub.mu, then a session's streamMu or mu; streamMu and mu are
+// never held together.
 type session struct {
 	srv    *Server
 	conn   *websocket.Conn
@@ -37,8 +42,7 @@ type session struct {
 	welcomed bool // handshake done (reader only)
 
 	out        chan []byte   // frames for the writer
-	wakeCh     chan struct{} // the log grew in the session's scope
-	scopeCh    chan struct{} // the user's scope changed
+	replies    chan []byte   // welcome and acks, sent before queued changes (reader only)
 	stop       chan struct{} // closed when the session must end
 	stopOnce   sync.Once
 	writerDone chan struct{} // closed when the writer has returned
@@ -49,8 +53,21 @@ type session struct {
 	endText    string
 	endErr     *syncproto.Error // sent before the close frame, if set
 
-	// sentCP is the last checkpoint sent; the streamer owns it.
-	sentCP syncproto.Checkpoint
+	// streamMu guards the streamer's hand-over: whether one runs, and what
+	// it has to do. At most one streamer runs at a time; the goroutine
+	// that finds nothing left to do clears running and returns, and the
+	// next wake-up starts another (under streamMu, so its writes to the
+	// streamer's state below happen before the next one reads them).
+	streamMu     sync.Mutex
+	running      bool // a streamer runs or will (the first is run's)
+	streamOver   bool // no streamer may start: the session ends, or is not live
+	pendingWake  bool // the log grew in the session's scope
+	pendingScope bool // the user's scope changed
+	streamers    sync.WaitGroup
+
+	// The streamer's state, owned by whichever streamer runs.
+	sentCP syncproto.Checkpoint // the last checkpoint sent
+	cursor map[string]uint64    // per area, how far changes were sent
 
 	pushes *bucket // changes per second
 	// rateHold: pushes before this time are held back (reader only).
@@ -67,8 +84,8 @@ func (srv *Server) newSession(c *websocket.Conn, d Device, u User) *session {
 		srv: srv, conn: c, device: d, user: u,
 		log:        srv.log.With("device", d.ID),
 		out:        make(chan []byte, outQueue),
-		wakeCh:     make(chan struct{}, 1),
-		scopeCh:    make(chan struct{}, 1),
+		replies:    make(chan []byte, 1),
+		running:    true, // run starts the first streamer after the handshake
 		stop:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 		drain:      make(chan struct{}),
@@ -104,18 +121,32 @@ func (ss *session) setScope(sc syncproto.Scope) {
 	ss.mu.Unlock()
 }
 
-func (ss *session) wake() {
-	select {
-	case ss.wakeCh <- struct{}{}:
-	default:
+// wake tells the session the log grew in its scope. It never blocks.
+func (ss *session) wake() { ss.notify(&ss.pendingWake) }
+
+// scopeChanged tells the session its user's scope changed. It never blocks.
+func (ss *session) scopeChanged() { ss.notify(&ss.pendingScope) }
+
+// notify sets a pending flag and starts a streamer if none runs.
+func (ss *session) notify(flag *bool) {
+	ss.streamMu.Lock()
+	defer ss.streamMu.Unlock()
+	if ss.streamOver {
+		return
+	}
+	*flag = true
+	if !ss.running {
+		ss.running = true
+		ss.streamers.Add(1)
+		go func() { defer ss.streamers.Done(); ss.follow() }() // owned by the session: run waits for streamers
 	}
 }
 
-func (ss *session) scopeChanged() {
-	select {
-	case ss.scopeCh <- struct{}{}:
-	default:
-	}
+// stopStreaming lets no further streamer start.
+func (ss *session) stopStreaming() {
+	ss.streamMu.Lock()
+	ss.streamOver = true
+	ss.streamMu.Unlock()
 }
 
 // close ends the session with a close frame after in-flight work finishes.
@@ -131,6 +162,7 @@ func (ss *session) end(code int, text string, err *syncproto.Error) {
 	}
 	ss.endMu.Unlock()
 	ss.stopping.Store(true)
+	ss.stopStreaming()
 	ss.stopOnce.Do(func() { close(ss.stop) })
 	// Unblock the reader; it finishes what it is doing and tears down.
 	_ = ss.conn.SetReadDeadline(time.Now())
@@ -142,28 +174,47 @@ func (ss *session) abort() {
 	_ = ss.conn.NetConn().Close()
 }
 
-// send queues a frame for the writer. It gives up if the writer is gone or,
-// for streamed frames (mayStop), the session is stopping.
-func (ss *session) send(frame []byte, mayStop bool) bool {
-	if mayStop {
-		select {
-		case ss.out <- frame:
-			return true
-		case <-ss.stop:
-			return false
-		case <-ss.writerDone:
-			return false
-		}
+// sendAck queues an ack as a reply: the writer sends it before any changes
+// already queued (PROTOCOL.md §5.1: an ack may come between any messages),
+// so that a push's ack does not wait for a backlog streaming meanwhile.
+func (ss *session) sendAck(a *syncproto.Ack) bool {
+	frame, err := ss.srv.codec.Encode(a, ss.compress)
+	if err != nil {
+		ss.log.Error("encode message", "type", a.Type().String(), "err", err)
+		ss.fail(syncproto.ToWire(errors.New("encode failed")))
+		return false
 	}
+	ss.srv.metrics.bytes.WithLabelValues("out").Add(float64(len(frame)))
+	return ss.reply(frame)
+}
+
+// reply queues a frame for the writer ahead of queued changes. Only the
+// reader replies, welcome first, so replies keep their order, and nothing
+// the streamer queues (it starts after the welcome) can overtake the
+// welcome: the writer always takes a waiting reply first.
+func (ss *session) reply(frame []byte) bool {
 	select {
-	case ss.out <- frame:
+	case ss.replies <- frame:
 		return true
 	case <-ss.writerDone:
 		return false
 	}
 }
 
-func (ss *session) sendMsg(m syncproto.Message, mayStop bool) bool {
+// send queues a streamed frame for the writer. It gives up if the writer
+// is gone or the session is stopping.
+func (ss *session) send(frame []byte) bool {
+	select {
+	case ss.out <- frame:
+		return true
+	case <-ss.stop:
+		return false
+	case <-ss.writerDone:
+		return false
+	}
+}
+
+func (ss *session) sendMsg(m syncproto.Message) bool {
 	frame, err := ss.srv.codec.Encode(m, ss.compress)
 	if err != nil {
 		ss.log.Error("encode message", "type", m.Type().String(), "err", err)
@@ -171,7 +222,7 @@ func (ss *session) sendMsg(m syncproto.Message, mayStop bool) bool {
 		return false
 	}
 	ss.srv.metrics.bytes.WithLabelValues("out").Add(float64(len(frame)))
-	return ss.send(frame, mayStop)
+	return ss.send(frame)
 }
 
 // writeLoop owns every write to the socket.
@@ -183,12 +234,29 @@ func (ss *session) writeLoop() {
 		_ = ss.conn.SetWriteDeadline(time.Now().Add(ss.srv.cfg.WriteTimeout))
 		return ss.conn.WriteMessage(websocket.BinaryMessage, frame)
 	}
+	fail := func() {
+		ss.end(syncproto.CloseGoingAway, "write failed", nil)
+		_ = ss.conn.NetConn().Close()
+	}
 	for {
 		select {
+		case f := <-ss.replies: // first: a reply overtakes queued changes
+			if write(f) != nil {
+				fail()
+				return
+			}
+			continue
+		default:
+		}
+		select {
+		case f := <-ss.replies:
+			if write(f) != nil {
+				fail()
+				return
+			}
 		case f := <-ss.out:
-			if err := write(f); err != nil {
-				ss.end(syncproto.CloseGoingAway, "write failed", nil)
-				_ = ss.conn.NetConn().Close()
+			if write(f) != nil {
+				fail()
 				return
 			}
 		case <-ping.C:
@@ -200,6 +268,12 @@ func (ss *session) writeLoop() {
 		case <-ss.drain:
 			for {
 				select {
+				case f := <-ss.replies:
+					if write(f) != nil {
+						_ = ss.conn.NetConn().Close()
+						return
+					}
+					continue
 				case f := <-ss.out:
 					if write(f) != nil {
 						_ = ss.conn.NetConn().Close()
@@ -230,11 +304,10 @@ func (ss *session) writeLoop() {
 
 // run serves the session until it ends. It is the handler goroutine.
 func (ss *session) run() {
-	var streamer sync.WaitGroup
 	go ss.writeLoop() // owned by run: it returns after drain, and run waits for writerDone
 	defer func() {
-		ss.end(syncproto.CloseNormal, "", nil)
-		streamer.Wait() // the streamer stops on ss.stop
+		ss.end(syncproto.CloseNormal, "", nil) // no streamer starts from here on
+		ss.streamers.Wait()                    // a running one stops on ss.stop
 		// Leave the hub before the close frame goes out: a client that
 		// reconnects on seeing it must not find its old session counted.
 		ss.srv.hub.remove(ss)
@@ -264,8 +337,8 @@ func (ss *session) run() {
 		return
 	}
 	ss.welcomed = true
-	streamer.Add(1)
-	go func() { defer streamer.Done(); ss.stream(hello.Checkpoint) }()
+	ss.streamers.Add(1)
+	go func() { defer ss.streamers.Done(); ss.stream(hello.Checkpoint) }()
 	ss.readLoop()
 }
 
@@ -390,7 +463,7 @@ func (ss *session) welcome(hello *syncproto.Hello) error {
 	if err != nil {
 		return err
 	}
-	if !ss.send(frame, false) {
+	if !ss.reply(frame) {
 		return errStopping
 	}
 	ss.conn.SetReadLimit(int64(ss.srv.codec.MaxFrame()))
@@ -433,7 +506,7 @@ func (ss *session) readLoop() {
 				ss.fail(syncproto.ToWire(err))
 				return
 			}
-			if !ss.sendMsg(ack, false) {
+			if !ss.sendAck(ack) {
 				return
 			}
 		case *syncproto.Unknown:
@@ -445,49 +518,6 @@ func (ss *session) readLoop() {
 			return
 		}
 	}
-}
-
-// bucket is a token bucket: rate tokens per second, up to burst.
-type bucket struct {
-	mu     sync.Mutex
-	rate   float64
-	burst  float64
-	tokens float64
-	last   time.Time
-	now    func() time.Time
-}
-
-func newBucket(rate, burst float64, now func() time.Time) *bucket {
-	return &bucket{rate: rate, burst: burst, tokens: burst, last: now(), now: now}
-}
-
-func (b *bucket) refill() {
-	t := b.now()
-	b.tokens = min(b.burst, b.tokens+t.Sub(b.last).Seconds()*b.rate)
-	b.last = t
-}
-
-// take removes n tokens if there are that many.
-func (b *bucket) take(n float64) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.refill()
-	if b.tokens < n {
-		return false
-	}
-	b.tokens -= n
-	return true
-}
-
-// wait returns how long until n tokens are available.
-func (b *bucket) wait(n float64) time.Duration {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.refill()
-	if b.tokens >= n {
-		return 0
-	}
-	return time.Duration((n - b.tokens) / b.rate * float64(time.Second))
 }
 
 // touchLastSeen records when the device was last connected, for the admin's

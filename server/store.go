@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 
@@ -46,6 +47,9 @@ type Tx interface {
 	NextSeq() (uint64, error)
 	// AppendLog records an accepted change under seq in the change log.
 	AppendLog(seq uint64, e LogEntry) error
+	// AppendLogJSON is AppendLog with the entry already encoded as
+	// syncproto.Marshal encodes it (see encodeLogEntry).
+	AppendLogJSON(seq uint64, js []byte) error
 
 	// Record returns the current state of a record and the log sequence it
 	// is filed under, or ErrNotFound.
@@ -55,12 +59,21 @@ type Tx interface {
 	// before, an eviction marker pointing at r.Area is filed there at seq
 	// instead; a marker for r in r.Area, left by an earlier move, is removed.
 	PutRecord(r *syncproto.Record, seq uint64) error
+	// PutRecordJSON is PutRecord with js, syncproto.Marshal(r), stored as
+	// r's encoding instead of encoding r again.
+	PutRecordJSON(r *syncproto.Record, js []byte, seq uint64) error
+	// RecordArea returns the area a record is filed under, or ErrNotFound,
+	// without decoding the record: for a case, the winner of its area field.
+	RecordArea(k syncproto.Key) (string, error)
 	// CaseEntries returns the IDs of the entries of a case.
 	CaseEntries(caseID string) ([]string, error)
 	// Scan calls fn for the items filed under the given areas with a
 	// sequence greater than the area's value in after, and at most upTo, in
 	// ascending sequence order, until fn returns false or an error.
 	Scan(after map[string]uint64, upTo uint64, fn func(Item) (bool, error)) error
+	// ScanRaw is Scan with each record as its stored JSON in Item.Raw, not
+	// decoded into Item.Record; eviction markers have neither.
+	ScanRaw(after map[string]uint64, upTo uint64, fn func(Item) (bool, error)) error
 	// Areas returns every area that has ever had a record filed under it.
 	Areas() ([]string, error)
 
@@ -116,8 +129,12 @@ type Item struct {
 	Seq  uint64
 	Area string // the area the item is filed under
 	Key  syncproto.Key
-	// Record is the current state; nil for an eviction marker.
+	// Record is the current state; nil for an eviction marker, and from
+	// ScanRaw.
 	Record *syncproto.Record
+	// Raw is the current state as stored JSON (syncproto.Marshal of the
+	// record), from ScanRaw; nil for an eviction marker.
+	Raw json.RawMessage
 	// MovedTo is the record's new area, for an eviction marker.
 	MovedTo string
 }

@@ -26,11 +26,54 @@ func (srv *Server) scopeOf(tx Tx, u User) (syncproto.Scope, error) {
 const batchBytes = 1 << 20
 
 // stream sends the backlog since cp, then caught_up, then (in a live
-// session) changes as they commit and scope changes as they happen.
+// session) changes as they commit and scope changes as they happen: it
+// follows until nothing is pending, and wake-ups start followers later.
 func (ss *session) stream(cp syncproto.Checkpoint) {
+	if !ss.backlog(cp) || !ss.live {
+		ss.stopStreaming()
+		return
+	}
+	ss.follow()
+}
+
+// follow sends what wake-ups and scope changes left pending, and returns,
+// clearing running, once nothing is: an idle live session keeps no
+// streamer goroutine.
+func (ss *session) follow() {
+	for {
+		ss.streamMu.Lock()
+		wake, scope := ss.pendingWake, ss.pendingScope
+		ss.pendingWake, ss.pendingScope = false, false
+		if ss.streamOver || (!wake && !scope) {
+			ss.running = false
+			ss.streamMu.Unlock()
+			return
+		}
+		ss.streamMu.Unlock()
+		ok := true
+		if scope {
+			ok = ss.reloadScope(ss.cursor)
+		}
+		if ok {
+			_, ok = ss.sendBacklog(ss.cursor)
+		}
+		if !ok {
+			ss.stopStreaming()
+			ss.streamMu.Lock()
+			ss.running = false
+			ss.streamMu.Unlock()
+			return
+		}
+	}
+}
+
+// backlog sends the backlog since cp, then caught_up. It reports false if
+// the session must end.
+func (ss *session) backlog(cp syncproto.Checkpoint) bool {
 	epoch := ss.srv.store.Meta().Epoch
 	scope := ss.currentScope()
 	cursor := make(map[string]uint64)
+	ss.cursor = cursor
 	valid := cp.Epoch == epoch
 	// The checkpoint to repeat until the first batch completes: the
 	// client's own, minus areas it no longer sees.
@@ -54,32 +97,18 @@ func (ss *session) stream(cp syncproto.Checkpoint) {
 			lost = append(lost, a)
 		}
 	}
-	if len(lost) > 0 && !ss.sendMsg(&syncproto.ScopeUpdate{Scope: scope, Lost: lost}, true) {
-		return
+	if len(lost) > 0 && !ss.sendMsg(&syncproto.ScopeUpdate{Scope: scope, Lost: lost}) {
+		return false
 	}
-	caughtUp := false
-	for {
-		head, ok := ss.sendBacklog(cursor)
-		if !ok {
-			return
-		}
-		if !caughtUp {
-			caughtUp = true
-			msg := &syncproto.CaughtUp{Checkpoint: ss.checkpoint(head)}
-			if !ss.sendMsg(msg, true) || !ss.live {
-				return
-			}
-		}
-		select {
-		case <-ss.stop:
-			return
-		case <-ss.wakeCh:
-		case <-ss.scopeCh:
-			if !ss.reloadScope(cursor) {
-				return
-			}
-		}
+	// Wake-ups until now are covered by the backlog up to the head it reads.
+	ss.streamMu.Lock()
+	ss.pendingWake = false
+	ss.streamMu.Unlock()
+	head, ok := ss.sendBacklog(cursor)
+	if !ok {
+		return false
 	}
+	return ss.sendMsg(&syncproto.CaughtUp{Checkpoint: ss.checkpoint(head)})
 }
 
 // checkpoint returns the checkpoint for seq over the current scope.
@@ -116,18 +145,25 @@ func (ss *session) reloadScope(cursor map[string]uint64) bool {
 	}
 	ss.setScope(scope)
 	ss.log.Info("scope changed", "areas", len(scope.Areas), "lost", len(lost))
-	return ss.sendMsg(&syncproto.ScopeUpdate{Scope: scope, Lost: lost}, true)
+	return ss.sendMsg(&syncproto.ScopeUpdate{Scope: scope, Lost: lost})
 }
 
 // sendBacklog sends every item of the scope after cursor up to the log
 // head, in bounded batches, advancing cursor. It returns the head reached.
+//
+// A message that other sessions would send too (the same scope, cursor,
+// head and compression: a live change fanned out to a caseload's devices)
+// is built by the first of them and sent as it is by the others (frames.go).
 func (ss *session) sendBacklog(cursor map[string]uint64) (uint64, bool) {
+	share := true
 	for {
 		var (
 			head  uint64
 			last  uint64
 			full  bool
 			batch = newBatch()
+			sf    *sharedFrame
+			build bool
 		)
 		err := ss.srv.store.View(context.Background(), func(tx Tx) error {
 			var err error
@@ -146,15 +182,21 @@ func (ss *session) sendBacklog(cursor map[string]uint64) (uint64, bool) {
 			for _, a := range scope.Areas {
 				after[a] = cursor[a]
 			}
-			return tx.Scan(after, head, func(it Item) (bool, error) {
+			if share {
+				sf, build = ss.srv.hub.frames.get(newFrameKey(scope, after, head, ss.compress))
+				if sf != nil && !build {
+					return nil // another session builds this very message
+				}
+			}
+			return tx.ScanRaw(after, head, func(it Item) (bool, error) {
 				last = it.Seq
-				if it.Record == nil {
+				if it.Raw == nil {
 					// A marker names the area the record moved to then; it
 					// may have moved on since (A→B→C leaves A's marker
 					// pointing at B). What counts is where it is now.
 					to := it.MovedTo
-					if cur, _, err := tx.Record(it.Key); err == nil {
-						to = cur.Area
+					if cur, err := tx.RecordArea(it.Key); err == nil {
+						to = cur
 					} else if !errors.Is(err, ErrNotFound) {
 						return false, err
 					}
@@ -168,7 +210,27 @@ func (ss *session) sendBacklog(cursor map[string]uint64) (uint64, bool) {
 				return !full, nil
 			})
 		})
+		if sf != nil && !build {
+			if !sf.wait(ss.stop) {
+				return 0, false
+			}
+			if !sf.ok {
+				share = false // build it alone, as before sharing
+				continue
+			}
+			ss.advance(cursor, head)
+			if !sf.empty {
+				ss.srv.metrics.frames.WithLabelValues("shared").Inc()
+				if !ss.sendFrame(sf.frame, sf.cp) {
+					return 0, false
+				}
+			}
+			return head, true
+		}
 		if err != nil {
+			if build {
+				ss.srv.hub.frames.publish(sf, false, false, nil, syncproto.Checkpoint{})
+			}
 			ss.log.Error("scan backlog", "err", err)
 			ss.fail(syncproto.ToWire(err))
 			return 0, false
@@ -177,11 +239,28 @@ func (ss *session) sendBacklog(cursor map[string]uint64) (uint64, bool) {
 		if full {
 			reached = last
 		}
-		for a := range cursor {
-			cursor[a] = max(cursor[a], reached)
-		}
-		for _, a := range ss.currentScope().Areas {
-			cursor[a] = max(cursor[a], reached)
+		ss.advance(cursor, reached)
+		if build {
+			if !full && len(batch.order) == 0 {
+				ss.srv.hub.frames.publish(sf, true, true, nil, syncproto.Checkpoint{})
+				return head, true
+			}
+			var frame []byte
+			cp := ss.checkpoint(reached)
+			if !full {
+				frame, err = ss.srv.codec.Encode(batch.message(cp), ss.compress)
+			}
+			if full || err != nil {
+				// Not one message: this session's own backlog, in parts.
+				ss.srv.hub.frames.publish(sf, false, false, nil, syncproto.Checkpoint{})
+			} else {
+				ss.srv.hub.frames.publish(sf, true, false, frame, cp)
+				ss.srv.metrics.frames.WithLabelValues("built").Inc()
+				if !ss.sendFrame(frame, cp) {
+					return 0, false
+				}
+				return head, true
+			}
 		}
 		if len(batch.order) > 0 {
 			if !ss.sendChanges(batch, ss.checkpoint(reached)) {
@@ -191,6 +270,16 @@ func (ss *session) sendBacklog(cursor map[string]uint64) (uint64, bool) {
 		if !full {
 			return head, true
 		}
+	}
+}
+
+// advance moves every area's cursor, and the scope's, to at least seq.
+func (ss *session) advance(cursor map[string]uint64, seq uint64) {
+	for a := range cursor {
+		cursor[a] = max(cursor[a], seq)
+	}
+	for _, a := range ss.currentScope().Areas {
+		cursor[a] = max(cursor[a], seq)
 	}
 }
 
@@ -210,9 +299,14 @@ func (ss *session) sendChanges(b *batch, cp syncproto.Checkpoint) bool {
 		ss.fail(syncproto.ToWire(err))
 		return false
 	}
+	return ss.sendFrame(frame, cp)
+}
+
+// sendFrame sends an encoded changes message that brings the client to cp.
+func (ss *session) sendFrame(frame []byte, cp syncproto.Checkpoint) bool {
 	ss.srv.metrics.bytes.WithLabelValues("out").Add(float64(len(frame)))
 	ss.sentCP = cp
-	return ss.send(frame, true)
+	return ss.send(frame)
 }
 
 // batch collects items for one changes message; a key appears once, as
@@ -230,13 +324,7 @@ func (b *batch) add(it Item) {
 		b.order = append(b.order, it.Key)
 	}
 	b.items[it.Key] = it
-	if it.Record != nil {
-		for _, f := range it.Record.Fields {
-			for _, v := range f.Values {
-				b.bytes += len(v.Data) + 64
-			}
-		}
-	}
+	b.bytes += len(it.Raw)
 }
 
 func (b *batch) split() (*batch, *batch) {
@@ -256,8 +344,8 @@ func (b *batch) message(cp syncproto.Checkpoint) *syncproto.Changes {
 	msg := &syncproto.Changes{Checkpoint: cp}
 	for _, k := range b.order {
 		it := b.items[k]
-		if it.Record != nil {
-			msg.Records = append(msg.Records, *it.Record)
+		if it.Raw != nil {
+			msg.Raw = append(msg.Raw, it.Raw)
 		} else {
 			msg.Evicted = append(msg.Evicted, syncproto.Eviction{Collection: k.Collection, ID: k.ID, Area: it.MovedTo})
 		}

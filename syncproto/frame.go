@@ -52,6 +52,14 @@ func ParseHeader(frame []byte) (Header, error) {
 // Marshal encodes v as JSON the way the protocol does: compact and without
 // HTML escaping, so that values compare byte for byte on every replica.
 func Marshal(v any) ([]byte, error) {
+	// Records have their own encoder (recordjson.go): through encoding/json
+	// its output would be checked and compacted once more.
+	switch r := v.(type) {
+	case *Record:
+		return r.appendJSON(nil)
+	case Record:
+		return r.appendJSON(nil)
+	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
@@ -117,7 +125,13 @@ func (c *Codec) MaxFrame() int { return HeaderLen + c.enc.MaxEncodedSize(c.maxPa
 // the payload is large enough to gain from it. It returns ErrFrameTooLarge
 // if the payload exceeds the codec's limit: split the batch.
 func (c *Codec) Encode(m Message, compress bool) ([]byte, error) {
-	payload, err := Marshal(m)
+	var payload []byte
+	var err error
+	if ch, ok := m.(*Changes); ok {
+		payload, err = ch.appendJSON(nil)
+	} else {
+		payload, err = Marshal(m)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("syncproto: encode %s: %w", m.Type(), err)
 	}
@@ -189,7 +203,14 @@ func (c *Codec) Decode(frame []byte, compressed bool) (Message, error) {
 	if p := bytes.TrimLeft(payload, " \t\r\n"); len(p) == 0 || p[0] != '{' {
 		return nil, Errorf(ErrMalformed, "%s payload is not a JSON object", h.Type)
 	}
-	if err := json.Unmarshal(payload, m); err != nil {
+	if c, ok := m.(*Changes); ok {
+		// Its decoder checks the syntax of all it reads (recordjson.go):
+		// encoding/json's validation pass first would cost as much again.
+		err = c.UnmarshalJSON(payload)
+	} else {
+		err = json.Unmarshal(payload, m)
+	}
+	if err != nil {
 		var e *Error
 		if errors.As(err, &e) {
 			return nil, e

@@ -1,6 +1,7 @@
 package syncproto
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
 )
@@ -315,12 +316,70 @@ func (e Eviction) Key() Key { return Key{e.Collection, e.ID} }
 // Changes carries record states and evictions, and the checkpoint a client
 // reaches once it has applied them all.
 type Changes struct {
-	Records    []Record   `json:"records,omitempty"`
-	Evicted    []Eviction `json:"evicted,omitempty"`
-	Checkpoint Checkpoint `json:"checkpoint"`
+	Records []Record `json:"records,omitempty"`
+	// Raw holds more record states, already encoded as Marshal encodes a
+	// Record: a sender that keeps records as JSON (the server's store)
+	// sends them as they are instead of decoding and encoding them again.
+	// They go on the wire in "records" after Records, so a receiver
+	// cannot tell them apart; decoding fills Records, never Raw.
+	Raw        []json.RawMessage `json:"-"`
+	Evicted    []Eviction        `json:"evicted,omitempty"`
+	Checkpoint Checkpoint        `json:"checkpoint"`
 }
 
 func (*Changes) Type() Type { return TypeChanges }
+
+// MarshalJSON encodes c as its fields' tags say, with Raw appended to
+// records. Without Raw the bytes are those of the plain encoding.
+func (c Changes) MarshalJSON() ([]byte, error) { return c.appendJSON(nil) }
+
+// appendJSON appends c's encoding to b. Codec.Encode calls it directly:
+// through MarshalJSON, encoding/json would parse and compact the result,
+// every record again.
+func (c *Changes) appendJSON(b []byte) ([]byte, error) {
+	size := 64
+	for _, r := range c.Raw {
+		size += len(r) + 1
+	}
+	b = slices.Grow(b, size)
+	b = append(b, '{')
+	if len(c.Records)+len(c.Raw) > 0 {
+		b = append(b, `"records":[`...)
+		for i := range c.Records {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			var err error
+			if b, err = c.Records[i].appendJSON(b); err != nil {
+				return nil, err
+			}
+		}
+		for i, r := range c.Raw {
+			if len(r) == 0 {
+				return nil, fmt.Errorf("syncproto: changes: raw record %d is empty", i)
+			}
+			if i > 0 || len(c.Records) > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, r...)
+		}
+		b = append(b, "],"...)
+	}
+	if len(c.Evicted) > 0 {
+		js, err := Marshal(c.Evicted)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(b, `"evicted":`...), js...)
+		b = append(b, ',')
+	}
+	js, err := Marshal(c.Checkpoint)
+	if err != nil {
+		return nil, err
+	}
+	b = append(append(b, `"checkpoint":`...), js...)
+	return append(b, '}'), nil
+}
 
 // Validate checks every record's identity and field values' shape.
 func (c *Changes) Validate() error {

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // Dot names one write: the device that made it and the device's change
@@ -405,7 +406,20 @@ func Delete(cur *Record, seq uint64, at Stamp) Change {
 
 // Canonical returns raw re-encoded in the one form replicas compare: compact,
 // object keys sorted, no HTML escaping, numbers as written.
+//
+// A value already in that form (a string, number, literal or array of
+// them, as encoding/json writes it) is returned as it is, without being
+// decoded and encoded again: the result then shares raw's bytes.
 func Canonical(raw json.RawMessage) (json.RawMessage, error) {
+	if n, ok := canonicalPrefix(raw, 0); ok && n == len(raw) {
+		return raw[:n:n], nil
+	}
+	return canonicalSlow(raw)
+}
+
+// canonicalSlow is Canonical by decoding and encoding again: the
+// definition that the fast path must agree with.
+func canonicalSlow(raw json.RawMessage) (json.RawMessage, error) {
 	if !json.Valid(raw) {
 		return nil, Errorf(ErrBadValue, "value is not valid JSON")
 	}
@@ -425,6 +439,174 @@ func Canonical(raw json.RawMessage) (json.RawMessage, error) {
 		return nil, Errorf(ErrBadValue, "value cannot be encoded: %v", err)
 	}
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// maxCanonicalDepth bounds the nesting of arrays the fast path follows;
+// deeper values take the slow path.
+const maxCanonicalDepth = 16
+
+// canonicalPrefix reports the length of the value at the start of b if it
+// is exactly what canonicalSlow would make of it, and false if it is not
+// or the fast path cannot tell (objects, deep nesting): then the slow path
+// decides. It must never accept anything canonicalSlow would change.
+func canonicalPrefix(b []byte, depth int) (int, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	switch c := b[0]; {
+	case c == '"':
+		return canonicalString(b)
+	case c == '-' || ('0' <= c && c <= '9'):
+		return numberPrefix(b)
+	case c == 't':
+		return literalPrefix(b, "true")
+	case c == 'f':
+		return literalPrefix(b, "false")
+	case c == 'n':
+		return literalPrefix(b, "null")
+	case c == '[':
+		if depth >= maxCanonicalDepth {
+			return 0, false
+		}
+		if len(b) >= 2 && b[1] == ']' {
+			return 2, true
+		}
+		i := 1
+		for {
+			n, ok := canonicalPrefix(b[i:], depth+1)
+			if !ok {
+				return 0, false
+			}
+			i += n
+			if i >= len(b) {
+				return 0, false
+			}
+			switch b[i] {
+			case ',':
+				i++
+			case ']':
+				return i + 1, true
+			default:
+				return 0, false
+			}
+		}
+	}
+	return 0, false
+}
+
+func literalPrefix(b []byte, lit string) (int, bool) {
+	if len(b) >= len(lit) && string(b[:len(lit)]) == lit {
+		return len(lit), true
+	}
+	return 0, false
+}
+
+// numberPrefix accepts a JSON number token; decoded with UseNumber and
+// encoded again it is written as it was.
+func numberPrefix(b []byte) (int, bool) {
+	i := 0
+	if b[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		j := i
+		for j < len(b) && '0' <= b[j] && b[j] <= '9' {
+			j++
+		}
+		n := j - i
+		i = j
+		return n
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case digits() == 0:
+		return 0, false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return 0, false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return 0, false
+		}
+	}
+	return i, true
+}
+
+// canonicalString accepts a JSON string exactly as encoding/json writes
+// its decoded value with HTML escaping off: UTF-8 as it is, except that
+// '"', '\\', control characters, U+2028 and U+2029 are escaped, the way
+// encoding/json escapes them (\n, \u001f, \u2028, …), and nothing else
+// is. Invalid UTF-8 is not accepted: decoding replaces it.
+func canonicalString(b []byte) (int, bool) {
+	for i := 1; i < len(b); {
+		c := b[i]
+		switch {
+		case c == '"':
+			return i + 1, true
+		case c == '\\':
+			n := canonicalEscape(b[i:])
+			if n == 0 {
+				return 0, false
+			}
+			i += n
+		case c < 0x20:
+			return 0, false
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, size := utf8.DecodeRune(b[i:])
+			if (r == utf8.RuneError && size == 1) || r == '\u2028' || r == '\u2029' {
+				return 0, false
+			}
+			i += size
+		}
+	}
+	return 0, false
+}
+
+// canonicalEscape returns the length of the escape at the start of b if
+// encoding/json writes that escape for the character it stands for, else 0.
+func canonicalEscape(b []byte) int {
+	if len(b) < 2 {
+		return 0
+	}
+	switch b[1] {
+	case '"', '\\', 'b', 'f', 'n', 'r', 't':
+		return 2
+	case 'u':
+		if len(b) < 6 {
+			return 0
+		}
+		switch u := string(b[2:6]); {
+		case u == "2028" || u == "2029":
+			return 6
+		case u[0] == '0' && u[1] == '0' && (u[2] == '0' || u[2] == '1') && isLowerHex(u[3]):
+			switch c := (u[2]-'0')<<4 | hexVal(u[3]); c {
+			case '\b', '\f', '\n', '\r', '\t':
+				return 0 // written as \b, \f, \n, \r, \t
+			}
+			return 6
+		}
+	}
+	return 0
+}
+
+func isLowerHex(c byte) bool { return ('0' <= c && c <= '9') || ('a' <= c && c <= 'f') }
+
+func hexVal(c byte) byte {
+	if c <= '9' {
+		return c - '0'
+	}
+	return c - 'a' + 10
 }
 
 // keyLess orders keys by collection, then ID.

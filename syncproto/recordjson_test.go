@@ -322,6 +322,12 @@ func checkChanges(t *testing.T, data []byte) {
 	if errDirect != nil || !reflect.DeepEqual(direct, got) {
 		t.Fatalf("%q: direct UnmarshalJSON gives %#v, %v; json.Unmarshal %#v", data, direct, errDirect, got)
 	}
+	// And back: the encoding is encoding/json's, on the mirror types.
+	enc, errEnc := got.appendJSON(nil)
+	ref, errRef := Marshal(want)
+	if (errEnc == nil) != (errRef == nil) || !bytes.Equal(enc, ref) {
+		t.Fatalf("%q encodes to\n%s (%v)\nencoding/json gives\n%s (%v)", data, enc, errEnc, ref, errRef)
+	}
 }
 
 func TestChangesJSONMatchesEncodingJSON(t *testing.T) {

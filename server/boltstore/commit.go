@@ -23,28 +23,47 @@ const (
 
 // request is one Update waiting for the writer.
 type request struct {
-	ctx   context.Context
-	fn    func(server.Tx) error
-	state atomic.Int32
-	done  chan error // buffered: the writer never waits for the caller
+	ctx    context.Context
+	fn     func(server.Tx) error
+	weight int // the work in fn, in the caller's units (a push: its changes)
+	state  atomic.Int32
+	done   chan error // buffered: the writer never waits for the caller
 }
 
 // writer owns every read-write transaction. It takes the first queued
-// request plus every other one already waiting, so that concurrent callers
-// share one commit and one fsync, and returns when Close closes the queue.
+// request plus every other one already waiting, up to MaxBatch requests
+// and MaxWeight of work, so that concurrent callers share one commit and
+// one fsync, and returns when Close closes the queue. A request that would
+// take a batch over MaxWeight opens the next one: the cap bounds how long
+// the first caller of a batch waits for the last one's work.
 func (s *Store) writer() {
 	defer s.wg.Done()
 	batch := make([]*request, 0, s.maxBatch)
-	for r := range s.reqs {
+	var next *request // taken from the queue, for the next batch
+	for {
+		r := next
+		next = nil
+		if r == nil {
+			var ok bool
+			if r, ok = <-s.reqs; !ok {
+				return
+			}
+		}
 		batch = append(batch[:0], r)
+		weight := r.weight
 	fill:
-		for len(batch) < s.maxBatch {
+		for len(batch) < s.maxBatch && weight < s.maxWeight {
 			select {
 			case r, ok := <-s.reqs:
 				if !ok {
-					break fill // closed: run what we have; the range loop ends next
+					break fill // closed: run what we have; the receive above ends the loop next
+				}
+				if weight+r.weight > s.maxWeight {
+					next = r
+					break fill
 				}
 				batch = append(batch, r)
+				weight += r.weight
 			default:
 				break fill
 			}

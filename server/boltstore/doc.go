@@ -5,7 +5,8 @@
 //
 // Every write goes through one writer goroutine that the Store owns. It
 // takes the first waiting Update and every other one already queued (up to
-// Options.MaxBatch), runs all of them in one read-write transaction and
+// Options.MaxBatch updates and Options.MaxWeight of work, as UpdateWeight
+// declares it), runs all of them in one read-write transaction and
 // commits once, with fsync, before answering any caller. On this machine an
 // fsync costs ~0.1 ms, on laptops and macOS far more; sharing it is what
 // makes many small concurrent pushes cheap. bbolt's own db.Batch does the
@@ -41,7 +42,8 @@
 // Each area has its own nested bucket, so scanning an area reads only that
 // area's pages: a caseworker's pull costs O(her scope), not O(server).
 // The record's area and case ID are kept in front of its JSON so that
-// PutRecord can re-file a record without decoding its old state.
+// PutRecord can re-file a record, and RecordArea tell a case's area,
+// without decoding its state; ScanRaw hands out the JSON as it is.
 //
 // JSON is encoded with syncproto.Marshal, which does not escape HTML, so
 // field values stay byte-identical to what devices sent.

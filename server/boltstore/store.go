@@ -65,10 +65,16 @@ type Options struct {
 	// MaxBatch caps how many updates one commit takes, so a long queue
 	// does not make one huge transaction. Default 256.
 	MaxBatch int
+	// MaxWeight caps the summed weight of the updates one commit takes:
+	// Update weighs 1, UpdateWeight what its caller says (the server: the
+	// changes in a push). A commit of 10,000 changes made every ack wait
+	// ~1.5 s (BENCHMARKS.md, load); an update heavier than the cap still
+	// commits, alone. Default 4096.
+	MaxWeight int
 }
 
 // DefaultOptions are the options Open uses for nil.
-var DefaultOptions = Options{Timeout: time.Second, MaxBatch: 256}
+var DefaultOptions = Options{Timeout: time.Second, MaxBatch: 256, MaxWeight: 4096}
 
 // Stats counts the writer's work, to see how well group commit batches.
 type Stats struct {
@@ -85,11 +91,12 @@ type Stats struct {
 
 // Store is a server.Store on one bbolt file. It is safe for concurrent use.
 type Store struct {
-	db       *bolt.DB
-	path     string
-	meta     server.Meta
-	log      *slog.Logger
-	maxBatch int
+	db        *bolt.DB
+	path      string
+	meta      server.Meta
+	log       *slog.Logger
+	maxBatch  int
+	maxWeight int
 
 	reqs chan *request // to the writer goroutine; closed by Close
 	wg   sync.WaitGroup
@@ -121,6 +128,9 @@ func Open(path string, opts *Options) (*Store, error) {
 		if opts.MaxBatch > 0 {
 			o.MaxBatch = opts.MaxBatch
 		}
+		if opts.MaxWeight > 0 {
+			o.MaxWeight = opts.MaxWeight
+		}
 		o.Logger = opts.Logger
 	}
 	if o.Logger == nil {
@@ -131,12 +141,13 @@ func Open(path string, opts *Options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{
-		db:       db,
-		path:     path,
-		meta:     meta,
-		log:      o.Logger,
-		maxBatch: o.MaxBatch,
-		reqs:     make(chan *request, o.MaxBatch),
+		db:        db,
+		path:      path,
+		meta:      meta,
+		log:       o.Logger,
+		maxBatch:  o.MaxBatch,
+		maxWeight: o.MaxWeight,
+		reqs:      make(chan *request, o.MaxBatch),
 	}
 	s.log.Info("store opened", "path", path, "server_id", meta.ServerID, "epoch", meta.Epoch, "created", created)
 	s.wg.Add(1)
@@ -271,6 +282,12 @@ func (s *Store) enter() error {
 // fn runs on the writer goroutine: it must not call Update, View or Close
 // of the same store (that deadlocks), nor runtime.Goexit (t.FailNow).
 func (s *Store) Update(ctx context.Context, fn func(tx server.Tx) error) error {
+	return s.UpdateWeight(ctx, 1, fn)
+}
+
+// UpdateWeight is Update for a function that does weight units of work
+// (at least 1): a commit takes updates up to Options.MaxWeight in all.
+func (s *Store) UpdateWeight(ctx context.Context, weight int, fn func(tx server.Tx) error) error {
 	if fn == nil {
 		return errors.New("boltstore: Update with a nil function")
 	}
@@ -281,7 +298,7 @@ func (s *Store) Update(ctx context.Context, fn func(tx server.Tx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r := &request{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	r := &request{ctx: ctx, fn: fn, weight: max(1, weight), done: make(chan error, 1)}
 	select {
 	case s.reqs <- r:
 	case <-ctx.Done():

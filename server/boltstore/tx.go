@@ -3,7 +3,6 @@ package boltstore
 import (
 	"bytes"
 	"container/heap"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -110,6 +109,20 @@ func (t *tx) AppendLog(seq uint64, e server.LogEntry) error {
 	return b.Put(k, v)
 }
 
+// AppendLogJSON stores a log entry already encoded, as AppendLog would
+// have encoded it, under seq.
+func (t *tx) AppendLogJSON(seq uint64, js []byte) error {
+	if err := t.write(); err != nil {
+		return err
+	}
+	b := appendOnly(t.bucket(bucketLog))
+	k := itob(seq)
+	if b.Get(k) != nil {
+		return fmt.Errorf("boltstore: log entry %d already exists", seq)
+	}
+	return b.Put(k, bytes.Clone(js))
+}
+
 // Record returns a copy of the current state of k and its sequence.
 func (t *tx) Record(k syncproto.Key) (*syncproto.Record, uint64, error) {
 	if err := t.read(); err != nil {
@@ -130,9 +143,28 @@ func (t *tx) Record(k syncproto.Key) (*syncproto.Record, uint64, error) {
 	return r, h.seq, nil
 }
 
+// RecordArea returns the area k is filed under, read from the record's
+// head without decoding its JSON.
+func (t *tx) RecordArea(k syncproto.Key) (string, error) {
+	if err := t.read(); err != nil {
+		return "", err
+	}
+	v := t.bucket(bucketRecords).Get(recordKey(k))
+	if v == nil {
+		return "", server.ErrNotFound
+	}
+	h, _, err := decodeRecord(v)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", k, err)
+	}
+	return h.area, nil
+}
+
 func decodeJSONRecord(js []byte) (*syncproto.Record, error) {
 	r := new(syncproto.Record)
-	if err := json.Unmarshal(js, r); err != nil {
+	// The record's own decoder checks the syntax as it goes: through
+	// json.Unmarshal the bytes would be scanned once more first.
+	if err := r.UnmarshalJSON(js); err != nil {
 		return nil, fmt.Errorf("%w: decode record: %v", ErrCorrupt, err)
 	}
 	return r, nil
@@ -143,6 +175,20 @@ func decodeJSONRecord(js []byte) (*syncproto.Record, error) {
 // filed under another area, an eviction marker to r.Area replaces its entry
 // there. Each step is a keyed lookup: O(log n) whatever the area's size.
 func (t *tx) PutRecord(r *syncproto.Record, seq uint64) error {
+	return t.putRecord(r, nil, seq)
+}
+
+// PutRecordJSON is PutRecord with r's encoding, syncproto.Marshal(r),
+// already made: the server has it from checking the record's size.
+func (t *tx) PutRecordJSON(r *syncproto.Record, js []byte, seq uint64) error {
+	if js == nil {
+		return errors.New("boltstore: PutRecordJSON without JSON")
+	}
+	return t.putRecord(r, js, seq)
+}
+
+// putRecord stores r, encoding it unless js holds its encoding.
+func (t *tx) putRecord(r *syncproto.Record, js []byte, seq uint64) error {
 	if err := t.write(); err != nil {
 		return err
 	}
@@ -207,9 +253,10 @@ func (t *tx) PutRecord(r *syncproto.Record, seq uint64) error {
 		}
 	}
 
-	js, err := syncproto.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("boltstore: encode %s: %w", r.Key(), err)
+	if js == nil {
+		if js, err = syncproto.Marshal(r); err != nil {
+			return fmt.Errorf("boltstore: encode %s: %w", r.Key(), err)
+		}
 	}
 	return records.Put(key, encodeRecord(recordHead{seq: seq, area: r.Area, caseID: caseID}, js))
 }
@@ -333,6 +380,16 @@ func (sc *scanCursor) set(k, v []byte, upTo uint64) (bool, error) {
 // name. fn must not write to the store while Scan runs: bbolt cursors do
 // not survive changes to their bucket.
 func (t *tx) Scan(after map[string]uint64, upTo uint64, fn func(server.Item) (bool, error)) error {
+	return t.scan(after, upTo, false, fn)
+}
+
+// ScanRaw is Scan with each record's stored JSON, copied, in Item.Raw
+// instead of decoded into Item.Record: what a pull sends as it is.
+func (t *tx) ScanRaw(after map[string]uint64, upTo uint64, fn func(server.Item) (bool, error)) error {
+	return t.scan(after, upTo, true, fn)
+}
+
+func (t *tx) scan(after map[string]uint64, upTo uint64, raw bool, fn func(server.Item) (bool, error)) error {
 	if err := t.read(); err != nil {
 		return err
 	}
@@ -359,7 +416,7 @@ func (t *tx) Scan(after map[string]uint64, upTo uint64, fn func(server.Item) (bo
 	records := t.bucket(bucketRecords)
 	for len(h) > 0 {
 		sc := h[0]
-		it, err := t.item(records, sc)
+		it, err := t.item(records, sc, raw)
 		if err != nil {
 			return err
 		}
@@ -380,8 +437,9 @@ func (t *tx) Scan(after map[string]uint64, upTo uint64, fn func(server.Item) (bo
 	return nil
 }
 
-// item decodes the entry under sc into an Item, loading the record.
-func (t *tx) item(records *bolt.Bucket, sc *scanCursor) (server.Item, error) {
+// item decodes the entry under sc into an Item, loading the record: its
+// JSON as it is if raw is set, else decoded.
+func (t *tx) item(records *bolt.Bucket, sc *scanCursor, raw bool) (server.Item, error) {
 	key, movedTo, marker, err := decodeEntry(sc.val)
 	if err != nil {
 		return server.Item{}, err
@@ -405,6 +463,10 @@ func (t *tx) item(records *bolt.Bucket, sc *scanCursor) (server.Item, error) {
 	}
 	if rh.seq != sc.seq || rh.area != sc.area {
 		return it, fmt.Errorf("%w: area %q files %s at %d, but it is filed under %q at %d", ErrCorrupt, sc.area, k, sc.seq, rh.area, rh.seq)
+	}
+	if raw {
+		it.Raw = bytes.Clone(js) // js lives in the mapped file, only as long as the transaction
+		return it, nil
 	}
 	if it.Record, err = decodeJSONRecord(js); err != nil {
 		return it, fmt.Errorf("%s: %w", k, err)
