@@ -26,6 +26,8 @@ type serveConfig struct {
 	tlsCert, tlsKey  string
 	logLevel         string
 	shutdownDeadline time.Duration
+	gcPercent        int
+	memoryLimit      string
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -38,6 +40,8 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.StringVar(&c.tlsKey, "tls-key", envOr("CASESYNC_TLS_KEY", ""), "TLS key file (env CASESYNC_TLS_KEY)")
 	fs.StringVar(&c.logLevel, "log-level", envOr("CASESYNC_LOG_LEVEL", "info"), "debug, info, warn or error (env CASESYNC_LOG_LEVEL)")
 	fs.DurationVar(&c.shutdownDeadline, "shutdown-timeout", 30*time.Second, "how long a graceful shutdown may take")
+	fs.IntVar(&c.gcPercent, "gc-percent", gcPercentDefault(), "garbage collector target percentage, -1 for off (default 400 unless GOGC is set)")
+	fs.StringVar(&c.memoryLimit, "memory-limit", memoryLimitDefault(), "soft memory limit of the Go runtime, e.g. 384MiB, or off (default unless GOMEMLIMIT is set)")
 	return fs, c
 }
 
@@ -55,6 +59,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
+	}
+	if err := applyGC(c.gcPercent, c.memoryLimit); err != nil {
+		return err
 	}
 
 	// Take the address first: a second casesyncd on a busy port must not
