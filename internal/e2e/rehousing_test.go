@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,7 +37,12 @@ type rehousing struct {
 
 func newRehousing(t *testing.T, cfg server.Config) *rehousing {
 	t.Helper()
-	s := servertest.NewServer(t, &servertest.Options{Config: cfg})
+	return newRehousingWrapped(t, cfg, nil)
+}
+
+func newRehousingWrapped(t *testing.T, cfg server.Config, wrap func(server.Store) server.Store) *rehousing {
+	t.Helper()
+	s := servertest.NewServer(t, &servertest.Options{Config: cfg, WrapStore: wrap})
 	s.AddUser("xenia", "caseworker", "Zuilen")
 	s.AddUser("yusuf", "caseworker", "Ondiep")
 	s.AddUser("lotte", "lead")
@@ -165,7 +171,14 @@ func TestRehousing(t *testing.T) {
 // eviction must take the note with it.
 func TestRehousingAckBeforeEviction(t *testing.T) {
 	ctx := context.Background()
-	r := newRehousing(t, server.Config{BatchRecords: 1})
+	// One record per changes message, and the backlog's scans held after
+	// the tenth until X's push has committed: the ack then arrives in the
+	// middle of the backlog however fast this machine streams it.
+	gate := newBacklogGate(10)
+	r := newRehousingWrapped(t, server.Config{BatchRecords: 1}, func(st server.Store) server.Store {
+		gate.Store = st
+		return gate
+	})
 
 	// Busy day in Zuilen: the lead journals on X's other case.
 	for i := range 150 {
@@ -178,6 +191,7 @@ func TestRehousingAckBeforeEviction(t *testing.T) {
 	r.move(t)
 
 	pulledAtAck := -1
+	gate.arm()
 	res, err := r.x.Sync(ctx, &client.SyncOptions{Progress: func(p client.Progress) {
 		if pulledAtAck < 0 && p.Pushed > 0 {
 			pulledAtAck = p.Pulled
@@ -237,4 +251,90 @@ func TestRehousingNoteAfterMove(t *testing.T) {
 	}
 	r.xHoldsNothingOfTheCase(t, late)
 	r.yHasTheCase(t, r.entries)
+}
+
+// backlogGate is a store that, once armed, lets n views (a session's
+// backlog scans, one per changes message) through and holds the rest until
+// the next update that logs changes has committed (X's push), which itself
+// waits for the n views. Each wait gives up after gateWait, so a schedule the test did not
+// foresee fails its precondition instead of hanging.
+type backlogGate struct {
+	server.Store
+	n       int
+	reached chan struct{} // closed at the n-th view
+	pushed  chan struct{} // closed once the update has committed
+
+	mu    sync.Mutex
+	armed bool
+	views int
+	done  bool
+}
+
+const gateWait = 20 * time.Second
+
+func newBacklogGate(n int) *backlogGate {
+	return &backlogGate{n: n, reached: make(chan struct{}), pushed: make(chan struct{})}
+}
+
+func (g *backlogGate) arm() {
+	g.mu.Lock()
+	g.armed = true
+	g.mu.Unlock()
+}
+
+func (g *backlogGate) View(ctx context.Context, fn func(server.Tx) error) error {
+	g.mu.Lock()
+	hold := false
+	if g.armed && !g.done {
+		g.views++
+		if g.views == g.n {
+			close(g.reached)
+		}
+		hold = g.views > g.n
+	}
+	g.mu.Unlock()
+	if hold {
+		select {
+		case <-g.pushed:
+		case <-time.After(gateWait):
+		}
+	}
+	return g.Store.View(ctx, fn)
+}
+
+func (g *backlogGate) Update(ctx context.Context, fn func(server.Tx) error) error {
+	g.mu.Lock()
+	gated := g.armed && !g.done
+	g.mu.Unlock()
+	if !gated {
+		return g.Store.Update(ctx, fn)
+	}
+	select {
+	case <-g.reached:
+	case <-time.After(gateWait):
+	}
+	var logged atomic.Bool
+	err := g.Store.Update(ctx, func(tx server.Tx) error { return fn(seqTx{tx, &logged}) })
+	if logged.Load() {
+		// The push (an update that logs changes), not some other write
+		// such as a device's last-seen time.
+		g.mu.Lock()
+		if !g.done {
+			g.done = true
+			close(g.pushed)
+		}
+		g.mu.Unlock()
+	}
+	return err
+}
+
+// seqTx notes whether its transaction took a log sequence number.
+type seqTx struct {
+	server.Tx
+	logged *atomic.Bool
+}
+
+func (t seqTx) NextSeq() (uint64, error) {
+	t.logged.Store(true)
+	return t.Tx.NextSeq()
 }
