@@ -11,9 +11,9 @@ import (
 // The garbage collector's settings. A sync server allocates a great deal of
 // short-lived memory per change (frames, JSON, merged records) while its
 // live heap is small, so the default GOGC=100 makes it collect far more
-// often than it needs to: measured with cmd/casesync-load, GOGC=400 took
-// 200 pushing devices from ~11,500 to ~16,700 accepted changes/s
-// (BENCHMARKS.md). The soft memory limit keeps the larger GOGC from
+// often than it needs to: measured with cmd/casesync-load, 200 pushing
+// devices went from 11,168 accepted changes/s (GOGC=100) to 12,018 with
+// these defaults, and 13,651 with no memory limit (BENCHMARKS.md). The soft memory limit keeps the larger GOGC from
 // costing memory where it matters, 10,000 idle connections (347 MiB RSS
 // with it): the collector works harder as the heap nears it. At 384 MiB
 // it bound during a push burst and cost a fifth of the throughput. GOGC and GOMEMLIMIT in the environment
