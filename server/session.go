@@ -255,6 +255,17 @@ func (ss *session) writeLoop() {
 				return
 			}
 		case f := <-ss.out:
+			// A reply queued before f (the welcome before the first
+			// changes, which the streamer only starts after queueing it)
+			// may have arrived while this select waited: it goes first.
+			select {
+			case r := <-ss.replies:
+				if write(r) != nil {
+					fail()
+					return
+				}
+			default:
+			}
 			if write(f) != nil {
 				fail()
 				return
@@ -267,6 +278,15 @@ func (ss *session) writeLoop() {
 			}
 		case <-ss.drain:
 			for {
+				select {
+				case f := <-ss.replies:
+					if write(f) != nil {
+						_ = ss.conn.NetConn().Close()
+						return
+					}
+					continue
+				default:
+				}
 				select {
 				case f := <-ss.replies:
 					if write(f) != nil {
