@@ -68,9 +68,10 @@ func (t *stx) decode(name, key, sealed []byte, v any) error {
 	if v == nil {
 		return nil
 	}
-	if r, ok := v.(*syncproto.Record); ok {
-		err = r.UnmarshalJSON(plain) // its own codec checks the syntax too
-	} else {
+	switch v := v.(type) {
+	case *syncproto.Record, *syncproto.Change:
+		err = v.(json.Unmarshaler).UnmarshalJSON(plain) // their own codecs check the syntax too
+	default:
 		err = json.Unmarshal(plain, v)
 	}
 	if err != nil {

@@ -203,11 +203,13 @@ func (c *Codec) Decode(frame []byte, compressed bool) (Message, error) {
 	if p := bytes.TrimLeft(payload, " \t\r\n"); len(p) == 0 || p[0] != '{' {
 		return nil, Errorf(ErrMalformed, "%s payload is not a JSON object", h.Type)
 	}
-	if c, ok := m.(*Changes); ok {
-		// Its decoder checks the syntax of all it reads (recordjson.go):
-		// encoding/json's validation pass first would cost as much again.
-		err = c.UnmarshalJSON(payload)
-	} else {
+	switch m := m.(type) {
+	case *Changes, *Push:
+		// Their decoders check the syntax of all they read (recordjson.go,
+		// changejson.go): encoding/json's validation pass first would cost
+		// as much again.
+		err = m.(json.Unmarshaler).UnmarshalJSON(payload)
+	default:
 		err = json.Unmarshal(payload, m)
 	}
 	if err != nil {

@@ -544,21 +544,10 @@ func (d *jdec) value(v *Value) {
 			d.path = append(d.path, "seq")
 			d.uintInto(&v.Seq)
 		case "at":
-			start := d.i
-			d.skip()
-			if d.err == nil {
-				if err := v.Stamp.UnmarshalJSON(d.data[start:d.i]); err != nil {
-					d.err = err
-				}
-			}
+			d.stampInto(&v.Stamp)
 			return
 		case "val":
-			start := d.i
-			d.skip()
-			if d.err == nil {
-				// json.RawMessage keeps the bytes as they came.
-				v.Data = append(v.Data[:0], d.data[start:d.i]...)
-			}
+			d.rawInto(&v.Data)
 			return
 		case "covers":
 			d.path = append(d.path, "covers")
@@ -569,6 +558,28 @@ func (d *jdec) value(v *Value) {
 		}
 		d.path = d.path[:len(d.path)-1]
 	})
+}
+
+// stampInto decodes a stamp with Stamp's own decoder, null included (an
+// error, as with encoding/json).
+func (d *jdec) stampInto(st *Stamp) {
+	start := d.i
+	d.skip()
+	if d.err == nil {
+		if err := st.UnmarshalJSON(d.data[start:d.i]); err != nil {
+			d.err = err
+		}
+	}
+}
+
+// rawInto keeps the next value's bytes as they came, as json.RawMessage
+// does, reusing *raw's storage.
+func (d *jdec) rawInto(raw *json.RawMessage) {
+	start := d.i
+	d.skip()
+	if d.err == nil {
+		*raw = append((*raw)[:0], d.data[start:d.i]...)
+	}
 }
 
 // versions decodes an object of counters into *vv, adding to a map that is
