@@ -64,7 +64,7 @@ func (p *prepared) prepare(c *syncproto.Change, actor syncproto.Actor) error {
 			canonical = false
 		}
 	}
-	js, ok := encodeChange(p.ch)
+	js, ok := syncproto.EncodeCanonicalChange(p.ch)
 	if !canonical || !ok {
 		var err error
 		if js, err = syncproto.Marshal(p.ch); err != nil {
@@ -86,7 +86,7 @@ func (p *prepared) prepare(c *syncproto.Change, actor syncproto.Actor) error {
 	p.newRec = &syncproto.Record{Collection: p.ch.Collection, ID: p.ch.ID, Fields: p.state.Fields}
 	p.newConflicted = len(p.newRec.Conflicts()) > 0
 	// Every value is canonical: ValidateChange accepted them all.
-	if p.newFields, ok = encodeFields(p.newRec.Fields); !ok {
+	if p.newFields, ok = syncproto.EncodeCanonicalFields(p.newRec.Fields); !ok {
 		var err error
 		if p.newFields, err = syncproto.Marshal(p.newRec.Fields); err != nil {
 			return fmt.Errorf("encode change %d: %w", c.Seq, err)
@@ -106,12 +106,12 @@ func (p *prepared) newRecordJSON(area string) ([]byte, error) {
 	// Record's encoding: coll, id, area unless empty, fields.
 	b := make([]byte, 0, 32+len(r.Collection)+len(r.ID)+len(area)+len(p.newFields))
 	b = append(b, `{"coll":`...)
-	b = appendJSONString(b, string(r.Collection))
+	b = syncproto.AppendString(b, string(r.Collection))
 	b = append(b, `,"id":`...)
-	b = appendJSONString(b, r.ID)
+	b = syncproto.AppendString(b, r.ID)
 	if area != "" {
 		b = append(b, `,"area":`...)
-		b = appendJSONString(b, area)
+		b = syncproto.AppendString(b, area)
 	}
 	b = append(b, `,"fields":`...)
 	b = append(append(b, p.newFields...), '}')
@@ -160,11 +160,11 @@ func encodeLogEntry(e LogEntry, change []byte) ([]byte, error) {
 	// LogEntry's encoding: device, user, area, change, at.
 	b := make([]byte, 0, 64+len(e.Device)+len(e.User)+len(e.Area)+len(change)+len(at))
 	b = append(b, `{"device":`...)
-	b = appendJSONString(b, e.Device)
+	b = syncproto.AppendString(b, e.Device)
 	b = append(b, `,"user":`...)
-	b = appendJSONString(b, e.User)
+	b = syncproto.AppendString(b, e.User)
 	b = append(b, `,"area":`...)
-	b = appendJSONString(b, e.Area)
+	b = syncproto.AppendString(b, e.Area)
 	b = append(append(b, `,"change":`...), change...)
 	b = append(append(b, `,"at":`...), at...)
 	return append(b, '}'), nil

@@ -50,52 +50,9 @@ func (d *jdec) push(p *Push) {
 			return
 		}
 		d.path = append(d.path, "changes")
-		d.changeList(&p.Changes)
+		list(d, &p.Changes, reflect.TypeFor[[]Change](), d.change)
 		d.path = d.path[:len(d.path)-1]
 	})
-}
-
-// changeList decodes an array into *cs as encoding/json does: into the
-// elements already there, an empty array as an empty slice.
-func (d *jdec) changeList(cs *[]Change) {
-	if d.isNull() {
-		*cs = nil
-		return
-	}
-	if d.peek() != '[' {
-		d.typeError(d.kind(), reflect.TypeFor[[]Change](), d.i)
-		d.skip()
-		return
-	}
-	d.i++
-	if d.peek() == ']' {
-		d.i++
-		*cs = []Change{}
-		return
-	}
-	n := 0
-	for d.err == nil {
-		if n >= len(*cs) {
-			*cs = append(*cs, Change{})
-		}
-		d.change(&(*cs)[n])
-		n++
-		if d.err != nil {
-			return
-		}
-		switch d.peek() {
-		case ',':
-			d.i++
-			d.ws()
-		case ']':
-			d.i++
-			*cs = (*cs)[:n]
-			return
-		default:
-			d.fail("push message is not valid JSON (at byte %d)", d.i)
-			return
-		}
-	}
 }
 
 func (d *jdec) change(c *Change) {

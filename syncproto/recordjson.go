@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"reflect"
-	"slices"
 	"strconv"
 	"unicode"
 	"unicode/utf8"
@@ -81,9 +80,9 @@ func (v *Value) appendJSON(b []byte) ([]byte, error) {
 	b = appendString(b, v.Device)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, v.Seq, 10)
-	b = append(b, `,"at":"`...)
-	b = appendHex16(b, uint64(v.Stamp))
-	b = append(b, `","val":`...)
+	b = append(b, `,"at":`...)
+	b = appendStamp(b, v.Stamp)
+	b = append(b, `,"val":`...)
 	if v.Data == nil {
 		b = append(b, "null"...) // as json.RawMessage encodes nil
 	} else {
@@ -97,54 +96,6 @@ func (v *Value) appendJSON(b []byte) ([]byte, error) {
 		b = appendVersions(b, v.Covers)
 	}
 	return append(b, '}'), nil
-}
-
-func appendVersions(b []byte, vv Versions) []byte {
-	if vv == nil {
-		return append(b, "null"...)
-	}
-	b = append(b, '{')
-	for i, d := range sortedKeys(vv) {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, d)
-		b = append(b, ':')
-		b = strconv.AppendUint(b, vv[d], 10)
-	}
-	return append(b, '}')
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
-func appendHex16(b []byte, v uint64) []byte {
-	const digits = "0123456789abcdef"
-	for shift := 60; shift >= 0; shift -= 4 {
-		b = append(b, digits[v>>uint(shift)&0xf])
-	}
-	return b
-}
-
-// appendString appends s as a JSON string, as encoding/json writes it with
-// HTML escaping off. IDs, areas and field names are printable ASCII; any
-// other string takes encoding/json's own path.
-func appendString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
-			js, _ := Marshal(s) // a string always encodes
-			return append(b, js...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
 }
 
 // UnmarshalJSON decodes r as encoding/json would decode its fields.
@@ -470,7 +421,7 @@ func (d *jdec) field(f *Field) {
 		switch field(key, "vals", "seen") {
 		case "vals":
 			d.path = append(d.path, "vals")
-			d.values(&f.Values)
+			list(d, &f.Values, typeValues, d.value)
 		case "seen":
 			d.path = append(d.path, "seen")
 			d.versions(&f.Seen)
@@ -480,50 +431,6 @@ func (d *jdec) field(f *Field) {
 		}
 		d.path = d.path[:len(d.path)-1]
 	})
-}
-
-// values decodes an array into *vs as encoding/json does: into the
-// elements already there, then truncated to the array's length; an empty
-// array is an empty slice, not nil.
-func (d *jdec) values(vs *[]Value) {
-	if d.isNull() {
-		*vs = nil
-		return
-	}
-	if d.peek() != '[' {
-		d.typeError(d.kind(), typeValues, d.i)
-		d.skip()
-		return
-	}
-	d.i++
-	n := 0
-	if d.peek() == ']' {
-		d.i++
-		*vs = []Value{}
-		return
-	}
-	for d.err == nil {
-		if n >= len(*vs) {
-			*vs = append(*vs, Value{})
-		}
-		d.value(&(*vs)[n])
-		n++
-		if d.err != nil {
-			return
-		}
-		switch d.peek() {
-		case ',':
-			d.i++
-			d.ws()
-		case ']':
-			d.i++
-			*vs = (*vs)[:n]
-			return
-		default:
-			d.fail("record is not valid JSON (at byte %d)", d.i)
-			return
-		}
-	}
 }
 
 func (d *jdec) value(v *Value) {
@@ -632,7 +539,7 @@ func (d *jdec) changes(c *Changes) {
 	d.object(func(key string) {
 		switch field(key, "records", "evicted", "checkpoint") {
 		case "records":
-			d.records(&c.Records)
+			list(d, &c.Records, reflect.TypeFor[[]Record](), d.record)
 		case "evicted":
 			d.std(&c.Evicted)
 		case "checkpoint":
@@ -656,30 +563,33 @@ func (d *jdec) std(v any) {
 	}
 }
 
-// records decodes an array of records as values decodes values: into the
-// elements already there, an empty array as an empty slice.
-func (d *jdec) records(rs *[]Record) {
+// list decodes an array into *xs as encoding/json decodes into a slice:
+// element by element into the elements already there (a repeated key
+// decodes over what the first left), then cut to the array's length; null
+// is a nil slice and an empty array an empty one, not nil.
+func list[T any](d *jdec, xs *[]T, t reflect.Type, elem func(*T)) {
 	if d.isNull() {
-		*rs = nil
+		*xs = nil
 		return
 	}
 	if d.peek() != '[' {
-		d.typeError(d.kind(), reflect.TypeFor[[]Record](), d.i)
+		d.typeError(d.kind(), t, d.i)
 		d.skip()
 		return
 	}
 	d.i++
 	if d.peek() == ']' {
 		d.i++
-		*rs = []Record{}
+		*xs = []T{}
 		return
 	}
 	n := 0
 	for d.err == nil {
-		if n >= len(*rs) {
-			*rs = append(*rs, Record{})
+		if n >= len(*xs) {
+			var zero T
+			*xs = append(*xs, zero)
 		}
-		d.record(&(*rs)[n])
+		elem(&(*xs)[n])
 		n++
 		if d.err != nil {
 			return
@@ -690,10 +600,10 @@ func (d *jdec) records(rs *[]Record) {
 			d.ws()
 		case ']':
 			d.i++
-			*rs = (*rs)[:n]
+			*xs = (*xs)[:n]
 			return
 		default:
-			d.fail("changes message is not valid JSON (at byte %d)", d.i)
+			d.fail("JSON is not valid (at byte %d)", d.i)
 			return
 		}
 	}

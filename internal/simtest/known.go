@@ -8,26 +8,25 @@ import (
 	"github.com/casesync/casesync/syncproto"
 )
 
-// Known bugs the simulation found and that are not fixed yet. Until they
-// are, a run recognises their exact symptom and counts it instead of
-// failing, so that every other invariant keeps being checked on every
-// seed; Config.Strict (-simtest.strict) turns the tolerance off and names
-// the bug in the violation instead. Each has a regression test in
-// known_test.go, skipped until the fix lands (-simtest.known runs them).
+// Known bugs the simulation found. While one is not fixed, a run can
+// recognise its exact symptom and count it instead of failing, so that
+// every other invariant keeps being checked on every seed: that is what
+// -simtest.strict=false does. Strict is the default, since every bug
+// listed here is fixed; each has a regression test in known_test.go.
 //
-// Fixed so far (their regression tests run unconditionally): own-move, a
-// device still holding the case it handed over, or its journal, after the
-// sync that did it; orphan-entry, an accepted moved-away note kept under a
-// pending area for good; stale-marker, an A→B→C marker evicting a record
-// in scope. All three were fixed in commit 8cff2c9.
+// Fixed: own-move, a device still holding the case it handed over, or its
+// journal, after the sync that did it; orphan-entry, an accepted
+// moved-away note kept under a pending area for good; stale-marker, an
+// A→B→C marker evicting a record in scope (all three in commit 8cff2c9);
+// gone-case, below (commit 1138a2c).
 type knownBug string
 
-// knownGoneCase: during a session in which a device moved a case out of
-// its scope, the client drops every incoming state of that case and its
-// entries (client/sync.go staleForUs, commit 8cff2c9), even a current one
-// that is in its scope again: the lead moved the case back, or the
-// device's areas grew. The checkpoint passes the record and the device
-// lacks it for good.
+// knownGoneCase (fixed in 1138a2c): during a session in which a device
+// moved a case out of its scope, the client dropped every incoming state
+// of that case and its entries (client staleForUs, commit 8cff2c9), even
+// a current one in its scope again: the lead moved the case back, or the
+// device's areas grew. The checkpoint passed the record and the device
+// lacked it for good.
 const knownGoneCase knownBug = "gone-case"
 
 // tolerate reports whether the discrepancy of record k on d is the

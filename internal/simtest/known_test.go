@@ -8,9 +8,9 @@ import (
 	"github.com/casesync/casesync/syncproto"
 )
 
-// Regression tests of known bugs (known.go) that are not fixed yet. They
-// assert the correct behaviour, so they fail until the fix lands; until
-// then they are skipped unless -simtest.known is set.
+// Regression tests of the bugs the simulation found (known.go). They assert
+// the correct behaviour; all are fixed, so they run by default
+// (-simtest.known=false skips them, for a bug found and not yet fixed).
 
 var flagKnown = flag.Bool("simtest.known", true, "run the regression tests of the bugs the simulation found (all fixed; false skips them)")
 
@@ -25,7 +25,7 @@ func skipKnown(t *testing.T, bug knownBug, what string) {
 // case over to another area; later in the same session the lead moves it
 // back to her area. Her laptop never gets it back.
 //
-// Suspected cause: client/sync.go staleForUs (commit 8cff2c9) drops, for
+// The cause, fixed in commit 1138a2c: client staleForUs (commit 8cff2c9) dropped, for
 // the rest of the session, every incoming state of a case the device
 // moved out of its scope, even one that is current and in its scope
 // again; the checkpoint then passes it. The same happens when her areas

@@ -1,4 +1,4 @@
-package server
+package syncproto
 
 import (
 	"bytes"
@@ -6,8 +6,6 @@ import (
 	"testing"
 
 	"pgregory.net/rapid"
-
-	"github.com/casesync/casesync/syncproto"
 )
 
 // jsonString draws strings that exercise every escape: control
@@ -20,12 +18,12 @@ func jsonString() *rapid.Generator[string] {
 	)
 }
 
-func versions(t *rapid.T, label string) syncproto.Versions {
+func versions(t *rapid.T, label string) Versions {
 	switch rapid.IntRange(0, 2).Draw(t, label+" kind") {
 	case 0:
 		return nil
 	case 1:
-		return syncproto.Versions{}
+		return Versions{}
 	}
 	return rapid.MapOfN(jsonString(), rapid.Uint64(), 1, 4).Draw(t, label)
 }
@@ -47,7 +45,7 @@ func canonicalValue(t *rapid.T, label string) json.RawMessage {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := syncproto.Canonical(raw)
+	c, err := Canonical(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,40 +55,40 @@ func canonicalValue(t *rapid.T, label string) json.RawMessage {
 func TestAppendJSONString(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		s := jsonString().Draw(t, "s")
-		want, err := syncproto.Marshal(s)
+		want, err := Marshal(s)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := appendJSONString(nil, s); !bytes.Equal(got, want) {
-			t.Fatalf("appendJSONString(%q) = %s, want %s", s, got, want)
+		if got := appendString(nil, s); !bytes.Equal(got, want) {
+			t.Fatalf("appendString(%q) = %s, want %s", s, got, want)
 		}
 	})
 }
 
 func TestEncodeChange(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
-		c := &syncproto.Change{
-			Seq: rapid.Uint64().Draw(t, "seq"), Collection: syncproto.Collection(jsonString().Draw(t, "coll")),
-			ID: jsonString().Draw(t, "id"), Stamp: syncproto.Stamp(rapid.Uint64().Draw(t, "at")),
+		c := &Change{
+			Seq: rapid.Uint64().Draw(t, "seq"), Collection: Collection(jsonString().Draw(t, "coll")),
+			ID: jsonString().Draw(t, "id"), Stamp: Stamp(rapid.Uint64().Draw(t, "at")),
 		}
 		if n := rapid.IntRange(-1, 4).Draw(t, "fields"); n >= 0 {
-			c.Fields = map[string]syncproto.Write{}
+			c.Fields = map[string]Write{}
 			for range n {
-				c.Fields[jsonString().Draw(t, "name")] = syncproto.Write{Data: canonicalValue(t, "val"), Seen: versions(t, "seen"), Covers: versions(t, "covers")}
+				c.Fields[jsonString().Draw(t, "name")] = Write{Data: canonicalValue(t, "val"), Seen: versions(t, "seen"), Covers: versions(t, "covers")}
 			}
 		}
-		want, err := syncproto.Marshal(c)
+		want, err := Marshal(c)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, ok := encodeChange(c)
+		got, ok := EncodeCanonicalChange(c)
 		if !ok || !bytes.Equal(got, want) {
 			t.Fatalf("encodeChange = %s, %v\nwant %s", got, ok, want)
 		}
 	})
 	t.Run("ErrEmptyValue", func(t *testing.T) {
-		c := &syncproto.Change{Seq: 1, Fields: map[string]syncproto.Write{"a": {Data: json.RawMessage{}}}}
-		if _, ok := encodeChange(c); ok {
+		c := &Change{Seq: 1, Fields: map[string]Write{"a": {Data: json.RawMessage{}}}}
+		if _, ok := EncodeCanonicalChange(c); ok {
 			t.Error("encodeChange of an empty value reported ok")
 		}
 	})
@@ -98,28 +96,28 @@ func TestEncodeChange(t *testing.T) {
 
 func TestEncodeFields(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
-		var fields map[string]syncproto.Field
+		var fields map[string]Field
 		if n := rapid.IntRange(-1, 4).Draw(t, "fields"); n >= 0 {
-			fields = map[string]syncproto.Field{}
+			fields = map[string]Field{}
 			for range n {
-				f := syncproto.Field{Seen: versions(t, "seen")}
+				f := Field{Seen: versions(t, "seen")}
 				if m := rapid.IntRange(-1, 3).Draw(t, "values"); m >= 0 {
-					f.Values = []syncproto.Value{}
+					f.Values = []Value{}
 					for range m {
-						f.Values = append(f.Values, syncproto.Value{
+						f.Values = append(f.Values, Value{
 							Device: jsonString().Draw(t, "dev"), Seq: rapid.Uint64().Draw(t, "seq"),
-							Stamp: syncproto.Stamp(rapid.Uint64().Draw(t, "at")), Data: canonicalValue(t, "val"), Covers: versions(t, "covers"),
+							Stamp: Stamp(rapid.Uint64().Draw(t, "at")), Data: canonicalValue(t, "val"), Covers: versions(t, "covers"),
 						})
 					}
 				}
 				fields[jsonString().Draw(t, "name")] = f
 			}
 		}
-		want, err := syncproto.Marshal(fields)
+		want, err := Marshal(fields)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, ok := encodeFields(fields)
+		got, ok := EncodeCanonicalFields(fields)
 		if !ok || !bytes.Equal(got, want) {
 			t.Fatalf("encodeFields = %s, %v\nwant %s", got, ok, want)
 		}

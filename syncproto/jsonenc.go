@@ -1,24 +1,27 @@
-package server
+package syncproto
 
 import (
 	"slices"
 	"strconv"
 	"unicode/utf8"
-
-	"github.com/casesync/casesync/syncproto"
 )
 
 // The push path encodes every change twice (its digest, the new record's
 // fields) and encoding/json spent a quarter of the server's CPU doing it
 // through reflection (BENCHMARKS.md, load). These encoders write the same
-// bytes as syncproto.Marshal for the struct tags of Change, Write, Field
+// bytes as Marshal for the struct tags of Change, Write, Field
 // and Value, for values already canonical (compact JSON, as Canonical
-// makes them: syncproto.Marshal would copy such a value unchanged).
-// jsonenc_internal_test.go checks them against syncproto.Marshal.
+// makes them: Marshal would copy such a value unchanged).
+// jsonenc_internal_test.go checks them against Marshal; recordjson.go
+// shares the string, stamp and version-vector encoders.
 
-// appendJSONString appends s as encoding/json writes a string with HTML
+// AppendString appends s as a JSON string, as Marshal writes it (HTML
+// escaping off), for callers that build protocol JSON by hand.
+func AppendString(b []byte, s string) []byte { return appendString(b, s) }
+
+// appendString appends s as encoding/json writes a string with HTML
 // escaping off.
-func appendJSONString(b []byte, s string) []byte {
+func appendString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	start := 0
@@ -72,7 +75,7 @@ func appendJSONString(b []byte, s string) []byte {
 }
 
 // appendVersions appends a version vector: null for nil, keys sorted.
-func appendVersions(b []byte, v syncproto.Versions) []byte {
+func appendVersions(b []byte, v Versions) []byte {
 	if v == nil {
 		return append(b, "null"...)
 	}
@@ -81,7 +84,7 @@ func appendVersions(b []byte, v syncproto.Versions) []byte {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendJSONString(b, d)
+		b = appendString(b, d)
 		b = append(b, ':')
 		b = strconv.AppendUint(b, v[d], 10)
 	}
@@ -99,7 +102,7 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // appendStamp appends a stamp as Stamp.MarshalJSON writes it.
-func appendStamp(b []byte, s syncproto.Stamp) []byte {
+func appendStamp(b []byte, s Stamp) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	for shift := 60; shift >= 0; shift -= 4 {
@@ -116,9 +119,9 @@ func appendValueJSON(b []byte, data []byte) ([]byte, bool) {
 	return append(b, data...), len(data) > 0
 }
 
-// encodeChange returns syncproto.Marshal(c) for a change whose values are
+// EncodeCanonicalChange returns Marshal(c) for a change whose values are
 // all canonical, and false if one is empty.
-func encodeChange(c *syncproto.Change) ([]byte, bool) {
+func EncodeCanonicalChange(c *Change) ([]byte, bool) {
 	size := 96
 	for name, w := range c.Fields {
 		size += len(name) + len(w.Data) + 48*(1+len(w.Seen)+len(w.Covers))
@@ -127,9 +130,9 @@ func encodeChange(c *syncproto.Change) ([]byte, bool) {
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, c.Seq, 10)
 	b = append(b, `,"coll":`...)
-	b = appendJSONString(b, string(c.Collection))
+	b = appendString(b, string(c.Collection))
 	b = append(b, `,"id":`...)
-	b = appendJSONString(b, c.ID)
+	b = appendString(b, c.ID)
 	b = append(b, `,"at":`...)
 	b = appendStamp(b, c.Stamp)
 	b = append(b, `,"fields":`...)
@@ -143,7 +146,7 @@ func encodeChange(c *syncproto.Change) ([]byte, bool) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendJSONString(b, name)
+		b = appendString(b, name)
 		b = append(b, `:{"val":`...)
 		var good bool
 		b, good = appendValueJSON(b, w.Data)
@@ -161,9 +164,9 @@ func encodeChange(c *syncproto.Change) ([]byte, bool) {
 	return append(b, "}}"...), ok
 }
 
-// encodeFields returns syncproto.Marshal(fields) for fields whose values
+// EncodeCanonicalFields returns Marshal(fields) for fields whose values
 // are all canonical, and false if one is empty.
-func encodeFields(fields map[string]syncproto.Field) ([]byte, bool) {
+func EncodeCanonicalFields(fields map[string]Field) ([]byte, bool) {
 	if fields == nil {
 		return []byte("null"), true
 	}
@@ -182,7 +185,7 @@ func encodeFields(fields map[string]syncproto.Field) ([]byte, bool) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendJSONString(b, name)
+		b = appendString(b, name)
 		b = append(b, `:{"vals":`...)
 		if f.Values == nil {
 			b = append(b, "null"...)
@@ -193,7 +196,7 @@ func encodeFields(fields map[string]syncproto.Field) ([]byte, bool) {
 					b = append(b, ',')
 				}
 				b = append(b, `{"dev":`...)
-				b = appendJSONString(b, v.Device)
+				b = appendString(b, v.Device)
 				b = append(b, `,"seq":`...)
 				b = strconv.AppendUint(b, v.Seq, 10)
 				b = append(b, `,"at":`...)
