@@ -55,21 +55,15 @@ func (p *prepared) prepare(c *syncproto.Change, actor syncproto.Actor) error {
 	}
 	// A value that is not valid JSON stays as it is: ValidateChange rejects
 	// it, in its own order among the change's other faults.
-	canonical := true
 	for k, w := range p.ch.Fields {
 		if v, err := syncproto.Canonical(w.Data); err == nil {
 			w.Data = v
 			p.ch.Fields[k] = w
-		} else {
-			canonical = false
 		}
 	}
-	js, ok := syncproto.EncodeCanonicalChange(p.ch)
-	if !canonical || !ok {
-		var err error
-		if js, err = syncproto.Marshal(p.ch); err != nil {
-			return fmt.Errorf("encode change %d: %w", c.Seq, err)
-		}
+	js, err := syncproto.Marshal(p.ch)
+	if err != nil {
+		return fmt.Errorf("encode change %d: %w", c.Seq, err)
 	}
 	sum := sha256.Sum256(js)
 	p.digest, p.js = sum[:], js
@@ -85,12 +79,8 @@ func (p *prepared) prepare(c *syncproto.Change, actor syncproto.Actor) error {
 	// case's area field, an entry's case's area.
 	p.newRec = &syncproto.Record{Collection: p.ch.Collection, ID: p.ch.ID, Fields: p.state.Fields}
 	p.newConflicted = len(p.newRec.Conflicts()) > 0
-	// Every value is canonical: ValidateChange accepted them all.
-	if p.newFields, ok = syncproto.EncodeCanonicalFields(p.newRec.Fields); !ok {
-		var err error
-		if p.newFields, err = syncproto.Marshal(p.newRec.Fields); err != nil {
-			return fmt.Errorf("encode change %d: %w", c.Seq, err)
-		}
+	if p.newFields, err = syncproto.Marshal(p.newRec.Fields); err != nil {
+		return fmt.Errorf("encode change %d: %w", c.Seq, err)
 	}
 	return nil
 }

@@ -178,14 +178,21 @@ func (ss *session) abort() {
 // already queued (PROTOCOL.md §5.1: an ack may come between any messages),
 // so that a push's ack does not wait for a backlog streaming meanwhile.
 func (ss *session) sendAck(a *syncproto.Ack) bool {
-	frame, err := ss.srv.codec.Encode(a, ss.compress)
+	frame, ok := ss.encode(a)
+	return ok && ss.reply(frame)
+}
+
+// encode encodes m for this session and counts its bytes; a failure ends
+// the session with a generic internal error.
+func (ss *session) encode(m syncproto.Message) ([]byte, bool) {
+	frame, err := ss.srv.codec.Encode(m, ss.compress)
 	if err != nil {
-		ss.log.Error("encode message", "type", a.Type().String(), "err", err)
+		ss.log.Error("encode message", "type", m.Type().String(), "err", err)
 		ss.fail(syncproto.ToWire(errors.New("encode failed")))
-		return false
+		return nil, false
 	}
 	ss.srv.metrics.bytes.WithLabelValues("out").Add(float64(len(frame)))
-	return ss.reply(frame)
+	return frame, true
 }
 
 // reply queues a frame for the writer ahead of queued changes. Only the
@@ -214,15 +221,10 @@ func (ss *session) send(frame []byte) bool {
 	}
 }
 
+// sendMsg queues m as a streamed frame.
 func (ss *session) sendMsg(m syncproto.Message) bool {
-	frame, err := ss.srv.codec.Encode(m, ss.compress)
-	if err != nil {
-		ss.log.Error("encode message", "type", m.Type().String(), "err", err)
-		ss.fail(syncproto.ToWire(errors.New("encode failed")))
-		return false
-	}
-	ss.srv.metrics.bytes.WithLabelValues("out").Add(float64(len(frame)))
-	return ss.send(frame)
+	frame, ok := ss.encode(m)
+	return ok && ss.send(frame)
 }
 
 // writeLoop owns every write to the socket.

@@ -52,13 +52,19 @@ func ParseHeader(frame []byte) (Header, error) {
 // Marshal encodes v as JSON the way the protocol does: compact and without
 // HTML escaping, so that values compare byte for byte on every replica.
 func Marshal(v any) ([]byte, error) {
-	// Records have their own encoder (recordjson.go): through encoding/json
-	// its output would be checked and compacted once more.
-	switch r := v.(type) {
+	// Records, their fields and changes have their own encoders
+	// (recordjson.go, jsonenc.go): the same bytes, without reflection.
+	switch v := v.(type) {
 	case *Record:
-		return r.appendJSON(nil)
+		return v.appendJSON(nil)
 	case Record:
-		return r.appendJSON(nil)
+		return v.appendJSON(nil)
+	case *Change:
+		return v.appendJSON(nil)
+	case Change:
+		return v.appendJSON(nil)
+	case map[string]Field:
+		return appendFields(nil, v)
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)

@@ -1,6 +1,8 @@
 package syncproto
 
 import (
+	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"unicode/utf8"
@@ -8,12 +10,10 @@ import (
 
 // The push path encodes every change twice (its digest, the new record's
 // fields) and encoding/json spent a quarter of the server's CPU doing it
-// through reflection (BENCHMARKS.md, load). These encoders write the same
-// bytes as Marshal for the struct tags of Change, Write, Field
-// and Value, for values already canonical (compact JSON, as Canonical
-// makes them: Marshal would copy such a value unchanged).
-// jsonenc_internal_test.go checks them against Marshal; recordjson.go
-// shares the string, stamp and version-vector encoders.
+// through reflection (BENCHMARKS.md, load). These encoders, and Record's in
+// recordjson.go, write the bytes encoding/json writes for the struct tags
+// of Change, Write, Field and Value, with HTML escaping off; Marshal takes
+// them. jsonenc_internal_test.go checks them against encoding/json.
 
 // AppendString appends s as a JSON string, as Marshal writes it (HTML
 // escaping off), for callers that build protocol JSON by hand.
@@ -111,22 +111,10 @@ func appendStamp(b []byte, s Stamp) []byte {
 	return append(b, '"')
 }
 
-// appendValueJSON appends a canonical JSON value; an empty one is not JSON.
-func appendValueJSON(b []byte, data []byte) ([]byte, bool) {
-	if data == nil {
-		return append(b, "null"...), true
-	}
-	return append(b, data...), len(data) > 0
-}
-
-// EncodeCanonicalChange returns Marshal(c) for a change whose values are
-// all canonical, and false if one is empty.
-func EncodeCanonicalChange(c *Change) ([]byte, bool) {
-	size := 96
-	for name, w := range c.Fields {
-		size += len(name) + len(w.Data) + 48*(1+len(w.Seen)+len(w.Covers))
-	}
-	b := make([]byte, 0, size)
+// appendJSON appends c's encoding to b, as encoding/json encodes its
+// fields: a push's changes are encoded for their digest and the log on the
+// server, and for the outbox on the client.
+func (c *Change) appendJSON(b []byte) ([]byte, error) {
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, c.Seq, 10)
 	b = append(b, `,"coll":`...)
@@ -137,10 +125,9 @@ func EncodeCanonicalChange(c *Change) ([]byte, bool) {
 	b = appendStamp(b, c.Stamp)
 	b = append(b, `,"fields":`...)
 	if c.Fields == nil {
-		return append(b, "null}"...), true
+		return append(b, "null}"...), nil
 	}
 	b = append(b, '{')
-	ok := true
 	for i, name := range sortedKeys(c.Fields) {
 		w := c.Fields[name]
 		if i > 0 {
@@ -148,9 +135,10 @@ func EncodeCanonicalChange(c *Change) ([]byte, bool) {
 		}
 		b = appendString(b, name)
 		b = append(b, `:{"val":`...)
-		var good bool
-		b, good = appendValueJSON(b, w.Data)
-		ok = ok && good
+		var err error
+		if b, err = appendRaw(b, w.Data); err != nil {
+			return nil, fmt.Errorf("syncproto: change %d, field %q: %w", c.Seq, name, err)
+		}
 		if len(w.Seen) > 0 {
 			b = append(b, `,"seen":`...)
 			b = appendVersions(b, w.Seen)
@@ -161,61 +149,18 @@ func EncodeCanonicalChange(c *Change) ([]byte, bool) {
 		}
 		b = append(b, '}')
 	}
-	return append(b, "}}"...), ok
+	return append(b, "}}"...), nil
 }
 
-// EncodeCanonicalFields returns Marshal(fields) for fields whose values
-// are all canonical, and false if one is empty.
-func EncodeCanonicalFields(fields map[string]Field) ([]byte, bool) {
-	if fields == nil {
-		return []byte("null"), true
+// appendRaw appends a json.RawMessage as encoding/json does: null for nil,
+// otherwise the value compacted, and an error if it is not one valid value.
+func appendRaw(b []byte, raw []byte) ([]byte, error) {
+	if raw == nil {
+		return append(b, "null"...), nil
 	}
-	size := 2
-	for name, f := range fields {
-		size += len(name) + 16 + 48*len(f.Seen)
-		for _, v := range f.Values {
-			size += len(v.Data) + 80 + 48*len(v.Covers)
-		}
+	b, ok := appendCompact(b, raw)
+	if !ok {
+		return nil, errors.New("value is not valid JSON")
 	}
-	b := make([]byte, 0, size)
-	b = append(b, '{')
-	ok := true
-	for i, name := range sortedKeys(fields) {
-		f := fields[name]
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = appendString(b, name)
-		b = append(b, `:{"vals":`...)
-		if f.Values == nil {
-			b = append(b, "null"...)
-		} else {
-			b = append(b, '[')
-			for j, v := range f.Values {
-				if j > 0 {
-					b = append(b, ',')
-				}
-				b = append(b, `{"dev":`...)
-				b = appendString(b, v.Device)
-				b = append(b, `,"seq":`...)
-				b = strconv.AppendUint(b, v.Seq, 10)
-				b = append(b, `,"at":`...)
-				b = appendStamp(b, v.Stamp)
-				b = append(b, `,"val":`...)
-				var good bool
-				b, good = appendValueJSON(b, v.Data)
-				ok = ok && good
-				if len(v.Covers) > 0 {
-					b = append(b, `,"covers":`...)
-					b = appendVersions(b, v.Covers)
-				}
-				b = append(b, '}')
-			}
-			b = append(b, ']')
-		}
-		b = append(b, `,"seen":`...)
-		b = appendVersions(b, f.Seen)
-		b = append(b, '}')
-	}
-	return append(b, '}'), ok
+	return b, nil
 }

@@ -34,23 +34,32 @@ func (r *Record) appendJSON(b []byte) ([]byte, error) {
 		b = appendString(b, r.Area)
 	}
 	b = append(b, `,"fields":`...)
-	if r.Fields == nil {
-		return append(b, "null}"...), nil
+	b, err := appendFields(b, r.Fields)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '}'), nil
+}
+
+// appendFields appends a record's fields: null for nil, names sorted.
+func appendFields(b []byte, fields map[string]Field) ([]byte, error) {
+	if fields == nil {
+		return append(b, "null"...), nil
 	}
 	b = append(b, '{')
-	for i, name := range sortedKeys(r.Fields) {
+	for i, name := range sortedKeys(fields) {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = appendString(b, name)
 		b = append(b, ':')
-		f := r.Fields[name]
+		f := fields[name]
 		var err error
 		if b, err = f.appendJSON(b); err != nil {
 			return nil, err
 		}
 	}
-	return append(b, "}}"...), nil
+	return append(b, '}'), nil
 }
 
 func (f *Field) appendJSON(b []byte) ([]byte, error) {
@@ -83,13 +92,9 @@ func (v *Value) appendJSON(b []byte) ([]byte, error) {
 	b = append(b, `,"at":`...)
 	b = appendStamp(b, v.Stamp)
 	b = append(b, `,"val":`...)
-	if v.Data == nil {
-		b = append(b, "null"...) // as json.RawMessage encodes nil
-	} else {
-		var ok bool
-		if b, ok = appendCompact(b, v.Data); !ok {
-			return nil, fmt.Errorf("syncproto: value of %s:%d is not valid JSON", v.Device, v.Seq)
-		}
+	b, err := appendRaw(b, v.Data)
+	if err != nil {
+		return nil, fmt.Errorf("syncproto: value of %s:%d: %w", v.Device, v.Seq, err)
 	}
 	if len(v.Covers) > 0 {
 		b = append(b, `,"covers":`...)

@@ -93,7 +93,7 @@ func TestChaos(t *testing.T) {
 	}
 	violations := h.check(st, views)
 	t.Logf("seed %d: %d writes done (%v), %d records on the server; chaos %s, total %s",
-		seed, len(h.m.writes), h.stats, len(st.records), chaosTook.Round(time.Millisecond), time.Since(h.start).Round(time.Millisecond))
+		seed, len(h.m.writes), h.stats, len(st.Records), chaosTook.Round(time.Millisecond), time.Since(h.start).Round(time.Millisecond))
 	for _, v := range violations {
 		t.Errorf("invariant violated: %s", v)
 	}

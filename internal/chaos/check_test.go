@@ -16,6 +16,7 @@ import (
 	"github.com/casesync/casesync/client"
 	"github.com/casesync/casesync/server"
 	"github.com/casesync/casesync/server/boltstore"
+	"github.com/casesync/casesync/server/servertest"
 	"github.com/casesync/casesync/syncproto"
 )
 
@@ -35,63 +36,25 @@ import (
 
 // serverState is the truth, read from casesyncd's store.
 type serverState struct {
-	records  map[syncproto.Key]*syncproto.Record
-	users    map[string]server.User
-	areas    []string
-	flagged  map[syncproto.Key]bool // the admin's conflict index
-	accepted map[dot]bool           // dots of the model's writes the server acknowledged
+	*servertest.Snapshot
+	accepted map[dot]bool // dots of the model's writes the server acknowledged
 }
-
-func (st *serverState) scope(user string) syncproto.Scope { return st.users[user].Scope(st.areas) }
 
 // readStore opens the stopped server's bbolt store in-process and reads
 // every record (all areas from the start of the log), the users, the
 // conflict index and which of the model's writes it accepted. It only
 // reads, through View.
 func (h *harness) readStore() (*serverState, error) {
-	st := &serverState{
-		records: map[syncproto.Key]*syncproto.Record{}, users: map[string]server.User{},
-		flagged: map[syncproto.Key]bool{}, accepted: map[dot]bool{},
-	}
+	st := &serverState{accepted: map[dot]bool{}}
 	s, err := boltstore.Open(filepath.Join(h.srv.data, "casesync.db"), &boltstore.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("open the server's store: %w", err)
 	}
 	defer s.Close()
 	err = s.View(context.Background(), func(tx server.Tx) error {
-		head, err := tx.Head()
-		if err != nil {
+		var err error
+		if st.Snapshot, err = servertest.ReadSnapshot(tx); err != nil {
 			return err
-		}
-		if st.areas, err = tx.Areas(); err != nil {
-			return err
-		}
-		after := map[string]uint64{}
-		for _, a := range st.areas {
-			after[a] = 0
-		}
-		err = tx.Scan(after, head, func(it server.Item) (bool, error) {
-			if it.Record == nil {
-				return true, nil // an eviction marker
-			}
-			if prev, dup := st.records[it.Key]; dup {
-				return false, fmt.Errorf("%s filed twice, under %q and %q", it.Key, prev.Area, it.Area)
-			}
-			if it.Area != it.Record.Area {
-				return false, fmt.Errorf("%s filed under %q but its area is %q", it.Key, it.Area, it.Record.Area)
-			}
-			st.records[it.Key] = it.Record
-			return true, nil
-		})
-		if err != nil {
-			return err
-		}
-		users, err := tx.Users()
-		if err != nil {
-			return err
-		}
-		for _, u := range users {
-			st.users[u.Name] = u
 		}
 		for _, w := range h.m.writes {
 			_, ok, err := tx.Accepted(w.dev.id, w.seq)
@@ -100,10 +63,7 @@ func (h *harness) readStore() (*serverState, error) {
 			}
 			st.accepted[dot{w.dev.id, w.seq}] = ok
 		}
-		return tx.Conflicts(func(k syncproto.Key, area string) error {
-			st.flagged[k] = true
-			return nil
-		})
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read the server's store: %w", err)
@@ -155,7 +115,7 @@ func (h *harness) check(st *serverState, views map[*device]cliView) []string {
 	for _, k := range keys {
 		known[k] = true
 	}
-	for _, k := range slices.SortedFunc(maps.Keys(st.records), func(a, b syncproto.Key) int { return strings.Compare(a.String(), b.String()) }) {
+	for _, k := range slices.SortedFunc(maps.Keys(st.Records), func(a, b syncproto.Key) int { return strings.Compare(a.String(), b.String()) }) {
 		if !known[k] {
 			violate("the server has %s, which no command of the test created", k)
 		}
@@ -171,7 +131,7 @@ func (h *harness) check(st *serverState, views map[*device]cliView) []string {
 // case's area, a case in its area field's winner, and the admin's conflict
 // index lists exactly the records with open conflicts.
 func (h *harness) checkServer(st *serverState, violate func(string, ...any)) {
-	for k, r := range st.records {
+	for k, r := range st.Records {
 		switch k.Collection {
 		case syncproto.Cases:
 			if a, _ := r.String(syncproto.FieldArea); a != r.Area {
@@ -179,14 +139,14 @@ func (h *harness) checkServer(st *serverState, violate func(string, ...any)) {
 			}
 		case syncproto.Entries:
 			id, _ := r.String(syncproto.FieldCaseID)
-			if c := st.records[caseKey(id)]; c == nil {
+			if c := st.Records[caseKey(id)]; c == nil {
 				violate("server: entry %s of case %s, which the server does not have", k.ID, id)
 			} else if c.Area != r.Area {
 				violate("server: entry %s filed under %q, its case %s under %q", k.ID, r.Area, id, c.Area)
 			}
 		}
-		if open := len(r.Conflicts()) > 0; open != st.flagged[k] {
-			violate("server: %s has open conflicts %v, the admin's conflict index says %v", k, open, st.flagged[k])
+		if open := len(r.Conflicts()) > 0; open != st.Flagged[k] {
+			violate("server: %s has open conflicts %v, the admin's conflict index says %v", k, open, st.Flagged[k])
 		}
 	}
 }
@@ -195,9 +155,9 @@ func (h *harness) checkServer(st *serverState, violate func(string, ...any)) {
 // opened in-process now that no process uses it, and what its CLI showed.
 func (h *harness) checkDevice(d *device, st *serverState, cv cliView, keys []syncproto.Key, violate func(string, ...any)) {
 	ctx := context.Background()
-	scope := st.scope(d.user)
+	scope := st.Scope(d.user)
 	want := map[syncproto.Key]*syncproto.Record{}
-	for k, r := range st.records {
+	for k, r := range st.Records {
 		if scope.Contains(r.Area) {
 			want[k] = r
 		}
@@ -223,7 +183,7 @@ func (h *harness) checkDevice(d *device, st *serverState, cv cliView, keys []syn
 	var listed, wantCases []string
 	for _, v := range cv.cases {
 		listed = append(listed, v.ID)
-		if rec := st.records[caseKey(v.ID)]; rec == nil || !scope.Contains(rec.Area) {
+		if rec := st.Records[caseKey(v.ID)]; rec == nil || !scope.Contains(rec.Area) {
 			violate("%s (%s, scope %v): 'casesync cases' lists %s (area %q), outside its scope or unknown to the server", d.name, d.user, scope.Areas, v.ID, v.Area)
 		}
 	}
@@ -244,7 +204,7 @@ func (h *harness) checkDevice(d *device, st *serverState, cv cliView, keys []syn
 	}
 	defer c.Close()
 	all := slices.Clone(keys)
-	for k := range st.records {
+	for k := range st.Records {
 		if !slices.Contains(all, k) {
 			all = append(all, k)
 		}
@@ -320,9 +280,9 @@ func (h *harness) checkLists(c *client.Client, d *device, want map[syncproto.Key
 // holds comes from a write a command reported done (a command that failed
 // must not have written, and no write is applied twice under two dots).
 func (h *harness) checkWrites(st *serverState, views map[*device]cliView, violate func(string, ...any)) {
-	for _, k := range slices.SortedFunc(maps.Keys(st.records), func(a, b syncproto.Key) int { return strings.Compare(a.String(), b.String()) }) {
-		for _, f := range slices.Sorted(maps.Keys(st.records[k].Fields)) {
-			for _, v := range st.records[k].Fields[f].Values {
+	for _, k := range slices.SortedFunc(maps.Keys(st.Records), func(a, b syncproto.Key) int { return strings.Compare(a.String(), b.String()) }) {
+		for _, f := range slices.Sorted(maps.Keys(st.Records[k].Fields)) {
+			for _, v := range st.Records[k].Fields[f].Values {
 				if w, ok := h.m.byDot[dot{v.Device, v.Seq}]; !ok {
 					violate("server: %s field %s holds a value of a write no command reported done: %s:%d=%s", k, f, v.Device, v.Seq, v.Data)
 				} else if w.key != k {
@@ -339,7 +299,7 @@ func (h *harness) checkWrites(st *serverState, views map[*device]cliView, violat
 	}
 	for _, w := range h.m.writes {
 		dt := dot{w.dev.id, w.seq}
-		rec := st.records[w.key]
+		rec := st.Records[w.key]
 		if r, ok := rejected[dt]; ok {
 			h.stats["rejected"]++
 			if r.Change.Key() != w.key {

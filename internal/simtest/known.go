@@ -52,8 +52,8 @@ func (s *Sim) tolerate(d *device, st *serverState, k syncproto.Key, bugs ...know
 }
 
 func (s *Sim) isKnown(b knownBug, d *device, st *serverState, k syncproto.Key) bool {
-	rec := st.records[k]
-	scope := st.scope(d.user.name)
+	rec := st.Records[k]
+	scope := st.Scope(d.user.name)
 	switch b {
 	case knownGoneCase:
 		// d lacks a record in its scope, of a case whose area d wrote.
@@ -66,7 +66,7 @@ func (s *Sim) isKnown(b knownBug, d *device, st *serverState, k syncproto.Key) b
 		c := rec
 		if k.Collection == syncproto.Entries {
 			id, _ := rec.String(syncproto.FieldCaseID)
-			c = st.records[caseKey(id)]
+			c = st.Records[caseKey(id)]
 		}
 		return c != nil && c.Fields[syncproto.FieldArea].Seen[d.id] > 0
 	}

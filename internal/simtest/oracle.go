@@ -11,6 +11,7 @@ import (
 
 	"github.com/casesync/casesync/client"
 	"github.com/casesync/casesync/server"
+	"github.com/casesync/casesync/server/servertest"
 	"github.com/casesync/casesync/syncproto"
 )
 
@@ -121,62 +122,20 @@ func (s *Sim) track(d *device, key syncproto.Key, vals map[string]any, what stri
 }
 
 // serverState is what the checks read from the server's store.
-type serverState struct {
-	records map[syncproto.Key]*syncproto.Record
-	users   map[string]server.User
-	areas   []string
-	flagged map[syncproto.Key]bool // the admin's conflict index
-}
-
-// scope returns the scope the server gives user u now.
-func (st *serverState) scope(u string) syncproto.Scope { return st.users[u].Scope(st.areas) }
+type serverState = servertest.Snapshot
 
 // readServer reads every record (View + Scan over every area from the
 // start of the log), the users and the conflict index.
 func (s *Sim) readServer() *serverState {
-	st := &serverState{records: map[syncproto.Key]*syncproto.Record{}, users: map[string]server.User{}, flagged: map[syncproto.Key]bool{}}
+	var st *serverState
 	err := s.store.View(context.Background(), func(tx server.Tx) error {
-		head, err := tx.Head()
-		if err != nil {
-			return err
-		}
-		if st.areas, err = tx.Areas(); err != nil {
-			return err
-		}
-		after := map[string]uint64{}
-		for _, a := range st.areas {
-			after[a] = 0
-		}
-		err = tx.Scan(after, head, func(it server.Item) (bool, error) {
-			if it.Record == nil {
-				return true, nil // an eviction marker
-			}
-			if prev, dup := st.records[it.Key]; dup {
-				return false, fmt.Errorf("%s filed twice, under %q and %q", it.Key, prev.Area, it.Area)
-			}
-			if it.Area != it.Record.Area {
-				return false, fmt.Errorf("%s filed under %q but its area is %q", it.Key, it.Area, it.Record.Area)
-			}
-			st.records[it.Key] = it.Record
-			return true, nil
-		})
-		if err != nil {
-			return err
-		}
-		users, err := tx.Users()
-		if err != nil {
-			return err
-		}
-		for _, u := range users {
-			st.users[u.Name] = u
-		}
-		return tx.Conflicts(func(k syncproto.Key, area string) error {
-			st.flagged[k] = true
-			return nil
-		})
+		var err error
+		st, err = servertest.ReadSnapshot(tx)
+		return err
 	})
 	if err != nil {
 		s.violate("read the server's store: %v", err)
+		st = &serverState{Records: map[syncproto.Key]*syncproto.Record{}, Users: map[string]server.User{}, Flagged: map[syncproto.Key]bool{}}
 	}
 	return st
 }
@@ -212,7 +171,7 @@ func shownView(v *client.View) shown {
 // the server has, in its user's current scope.
 func (s *Sim) checkHeld(d *device) {
 	st := s.readServer()
-	scope := st.scope(d.user.name)
+	scope := st.Scope(d.user.name)
 	for _, k := range s.m.keys() {
 		v, err := d.c.Get(context.Background(), k)
 		if errors.Is(err, client.ErrNotFound) {
@@ -225,7 +184,7 @@ func (s *Sim) checkHeld(d *device) {
 		if v.Pending {
 			continue // a write made since: the next sync decides
 		}
-		rec := st.records[k]
+		rec := st.Records[k]
 		switch {
 		case rec == nil:
 			s.violate("%s: holds %s after a sync, which the server does not have: %s", d.name, k, shownView(v))
@@ -245,7 +204,7 @@ func (s *Sim) checkFinal() {
 	for _, k := range keys {
 		known[k] = true
 	}
-	for _, k := range slices.SortedFunc(maps.Keys(st.records), func(a, b syncproto.Key) int { return strings.Compare(a.String(), b.String()) }) {
+	for _, k := range slices.SortedFunc(maps.Keys(st.Records), func(a, b syncproto.Key) int { return strings.Compare(a.String(), b.String()) }) {
 		if !known[k] {
 			s.violate("the server has %s, which no device wrote", k)
 		}
@@ -259,12 +218,12 @@ func (s *Sim) checkFinal() {
 		if status.Pending != 0 {
 			s.violate("%s: %d changes still pending after healing (status %+v)", d.name, status.Pending, status)
 		}
-		scope := st.scope(d.user.name)
+		scope := st.Scope(d.user.name)
 		if !sameSet(status.Areas, scope.Areas) {
 			s.violate("%s: shows areas %v, the server gives %s %v", d.name, status.Areas, d.user.name, scope.Areas)
 		}
 		want := map[syncproto.Key]*syncproto.Record{}
-		for k, r := range st.records {
+		for k, r := range st.Records {
 			if scope.Contains(r.Area) {
 				want[k] = r
 			}
@@ -367,7 +326,7 @@ func (s *Sim) checkLists(d *device, want map[syncproto.Key]*syncproto.Record, sk
 // case's area, a case in its area field's winner, and the admin's conflict
 // index lists exactly the records with open conflicts.
 func (s *Sim) checkServer(st *serverState) {
-	for k, r := range st.records {
+	for k, r := range st.Records {
 		switch k.Collection {
 		case syncproto.Cases:
 			if a, _ := r.String(syncproto.FieldArea); a != r.Area {
@@ -375,15 +334,15 @@ func (s *Sim) checkServer(st *serverState) {
 			}
 		case syncproto.Entries:
 			id, _ := r.String(syncproto.FieldCaseID)
-			c := st.records[caseKey(id)]
+			c := st.Records[caseKey(id)]
 			if c == nil {
 				s.violate("server: entry %s of case %s, which the server does not have", k.ID, id)
 			} else if c.Area != r.Area {
 				s.violate("server: entry %s filed under %q, its case %s under %q", k.ID, r.Area, id, c.Area)
 			}
 		}
-		if open := len(r.Conflicts()) > 0; open != st.flagged[k] {
-			s.violate("server: %s has open conflicts %v, the admin's conflict index says %v", k, open, st.flagged[k])
+		if open := len(r.Conflicts()) > 0; open != st.Flagged[k] {
+			s.violate("server: %s has open conflicts %v, the admin's conflict index says %v", k, open, st.Flagged[k])
 		}
 	}
 }
@@ -404,7 +363,7 @@ func (s *Sim) checkWrites(st *serverState) {
 	}
 	for _, w := range s.m.writes {
 		dt := dot{w.dev.id, w.seq}
-		rec := st.records[w.key]
+		rec := st.Records[w.key]
 		if r, ok := rejected[dt]; ok {
 			if r.Error.Code == "" {
 				s.violate("write %s: rejected without a reason", w)

@@ -39,7 +39,7 @@ func init() {
 		}
 		if s.store != nil {
 			st := s.readServer()
-			if r := st.records[caseKey(id)]; r != nil {
+			if r := st.Records[caseKey(id)]; r != nil {
 				fmt.Fprintf(&b, " | server case@%s", r.Area)
 			}
 		}
