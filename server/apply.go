@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -45,13 +44,12 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 	actor := syncproto.Actor{User: ss.user.Name, Device: ss.device.ID}
 	scope := ss.currentScope()
 	// What depends only on the change is done here, on the session's
-	// goroutine, so that sessions do it in parallel: the store's single
-	// writer only reads, merges and writes (BENCHMARKS.md, load).
-	preps := make([]prepared, len(p.Changes))
-	for i := range p.Changes {
-		if err := preps[i].prepare(&p.Changes[i], actor); err != nil {
-			return nil, fmt.Errorf("apply push: %w", err)
-		}
+	// goroutine, so that sessions do it in parallel (up to Decoders at a
+	// time): the store's single writer only reads, merges and writes
+	// (BENCHMARKS.md, load).
+	preps, err := srv.prepare(p.Changes, actor)
+	if err != nil {
+		return nil, fmt.Errorf("apply push: %w", err)
 	}
 	var ack *syncproto.Ack
 	var touched map[string]struct{}
@@ -59,7 +57,7 @@ func (srv *Server) push(ss *session, p *syncproto.Push) (*syncproto.Ack, error) 
 	start := time.Now()
 	// The push must commit even if the session is ending: a graceful
 	// shutdown finishes in-flight batches and acknowledges them.
-	err := srv.update(context.Background(), len(p.Changes), func(tx Tx) error {
+	err = srv.update(context.Background(), len(p.Changes), func(tx Tx) error {
 		ack = &syncproto.Ack{}
 		touched = make(map[string]struct{})
 		dups = 0
@@ -298,10 +296,7 @@ func movedAway(tx Tx, ch *syncproto.Change, cur *syncproto.Record, scope syncpro
 	if ch.Collection != syncproto.Entries || cur != nil {
 		return false, nil
 	}
-	var caseID string
-	if w, ok := ch.Fields[syncproto.FieldCaseID]; ok {
-		_ = json.Unmarshal(w.Data, &caseID)
-	}
+	caseID, _ := ch.String(syncproto.FieldCaseID)
 	moves, err := tx.CaseMoves(caseID)
 	if err != nil {
 		return false, err
@@ -353,10 +348,7 @@ func (srv *Server) changeArea(cases *caseIndex, ch *syncproto.Change, cur *syncp
 		if cur != nil {
 			return cur.Area, nil
 		}
-		var a string
-		if w, ok := ch.Fields[syncproto.FieldArea]; ok {
-			_ = json.Unmarshal(w.Data, &a)
-		}
+		a, _ := ch.String(syncproto.FieldArea)
 		if a == "" {
 			return "", syncproto.Errorf(syncproto.ErrMissingField, "a new case needs field %q", syncproto.FieldArea)
 		}
@@ -365,8 +357,8 @@ func (srv *Server) changeArea(cases *caseIndex, ch *syncproto.Change, cur *syncp
 	var caseID string
 	if cur != nil {
 		caseID, _ = cur.String(syncproto.FieldCaseID)
-	} else if w, ok := ch.Fields[syncproto.FieldCaseID]; ok {
-		_ = json.Unmarshal(w.Data, &caseID)
+	} else {
+		caseID, _ = ch.String(syncproto.FieldCaseID)
 	}
 	if caseID == "" {
 		return "", syncproto.Errorf(syncproto.ErrMissingField, "a new entry needs field %q", syncproto.FieldCaseID)

@@ -44,6 +44,19 @@ type anyCase struct{}
 
 func (anyCase) CaseArea(string) (string, bool) { return "", true }
 
+// prepare prepares the changes of a push, holding a CPU slot.
+func (srv *Server) prepare(changes []syncproto.Change, actor syncproto.Actor) ([]prepared, error) {
+	srv.cpu.take()
+	defer srv.cpu.give()
+	preps := make([]prepared, len(changes))
+	for i := range changes {
+		if err := preps[i].prepare(&changes[i], actor); err != nil {
+			return nil, err
+		}
+	}
+	return preps, nil
+}
+
 // prepare fills p from change c of actor. An error means the push cannot
 // be applied at all; a change that breaks the protocol's rules is marked
 // invalid instead and rejected alone.

@@ -47,3 +47,11 @@ func (b *bucket) wait(n float64) time.Duration {
 	}
 	return time.Duration((n - b.tokens) / b.rate * float64(time.Second))
 }
+
+// slots bounds how many goroutines do some work at once: take a slot
+// before the work, give it back after. It is for CPU-bound work that
+// never blocks while holding a slot.
+type slots chan struct{}
+
+func (s slots) take() { s <- struct{}{} }
+func (s slots) give() { <-s }

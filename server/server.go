@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,11 @@ type Config struct {
 	MaxConnsPerDevice int
 	// BatchRecords bounds the records in one changes message. Default 500.
 	BatchRecords int
+	// Decoders bounds how many sessions decode a message or prepare a
+	// push at once. Default GOMAXPROCS-1, at least 1: the store's single
+	// writer needs a core of its own, and 200 sessions decoding at once
+	// left it waiting for one a fifth of its time (BENCHMARKS.md, load).
+	Decoders int
 
 	// HandshakeTimeout bounds the wait for hello. Default 10 s.
 	HandshakeTimeout time.Duration
@@ -80,6 +86,7 @@ func (c *Config) setDefaults() {
 	def(&c.MessageRate, 200)
 	def(&c.MaxConnsPerDevice, 4)
 	def(&c.BatchRecords, 500)
+	def(&c.Decoders, max(1, runtime.GOMAXPROCS(0)-1))
 	defDur(&c.HandshakeTimeout, 10*time.Second)
 	defDur(&c.PingInterval, 30*time.Second)
 	defDur(&c.ReadTimeout, 75*time.Second)
@@ -100,6 +107,7 @@ type Server struct {
 	clock   *syncproto.Clock
 	hub     *hub
 	metrics *metrics
+	cpu     slots // held while decoding a message or preparing a push
 
 	bucketsMu sync.Mutex
 	buckets   map[string]*bucket // push rate per device, shared by its sessions
@@ -129,6 +137,7 @@ func New(cfg Config) (*Server, error) {
 		hub:     newHub(),
 		metrics: newMetrics(),
 		buckets: make(map[string]*bucket),
+		cpu:     make(slots, cfg.Decoders),
 	}
 	s.app = s.routes()
 	return s, nil

@@ -515,7 +515,7 @@ func (ss *session) readLoop() {
 			}
 			return
 		}
-		m, err := ss.srv.codec.Decode(frame, ss.compress)
+		m, err := ss.decode(frame)
 		if err != nil {
 			ss.fail(syncproto.ToWire(err))
 			return
@@ -540,6 +540,13 @@ func (ss *session) readLoop() {
 			return
 		}
 	}
+}
+
+// decode decodes a frame after the handshake, holding a CPU slot.
+func (ss *session) decode(frame []byte) (syncproto.Message, error) {
+	ss.srv.cpu.take()
+	defer ss.srv.cpu.give()
+	return ss.srv.codec.Decode(frame, ss.compress)
 }
 
 // touchLastSeen records when the device was last connected, for the admin's

@@ -65,6 +65,8 @@ func Marshal(v any) ([]byte, error) {
 		return v.appendJSON(nil)
 	case map[string]Field:
 		return appendFields(nil, v)
+	case *Push:
+		return v.appendJSON(nil)
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)

@@ -125,6 +125,40 @@ func TestEncodeChange(t *testing.T) {
 	})
 }
 
+func TestEncodePush(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		p := &Push{}
+		var ref struct {
+			Changes []refChange `json:"changes"`
+		}
+		if n := rapid.IntRange(-1, 3).Draw(t, "changes"); n >= 0 {
+			p.Changes, ref.Changes = []Change{}, []refChange{}
+			for range n {
+				c := Change{Seq: rapid.Uint64().Draw(t, "seq"), Collection: Collection(jsonString().Draw(t, "coll")),
+					ID: jsonString().Draw(t, "id"), Stamp: Stamp(rapid.Uint64().Draw(t, "at"))}
+				rc := refChange{Seq: c.Seq, Collection: c.Collection, ID: c.ID, Stamp: c.Stamp}
+				if rapid.Bool().Draw(t, "has fields") {
+					w := Write{Data: anyValue(t, "val"), Seen: versions(t, "seen")}
+					c.Fields = map[string]Write{"text": w}
+					rc.Fields = map[string]refWrite{"text": refWrite(w)}
+				}
+				p.Changes, ref.Changes = append(p.Changes, c), append(ref.Changes, rc)
+			}
+		}
+		got, err := Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := stdMarshal(t, ref); !bytes.Equal(got, want) {
+			t.Fatalf("Marshal(push) = %s\nwant %s", got, want)
+		}
+	})
+	bad := &Push{Changes: []Change{{Seq: 1, Fields: map[string]Write{"a": {Data: json.RawMessage("{")}}}}}
+	if _, err := Marshal(bad); err == nil {
+		t.Error("Marshal of a push with an invalid value succeeded")
+	}
+}
+
 func TestEncodeFields(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		var fields map[string]Field

@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -33,22 +34,23 @@ import (
 
 // config is the command line.
 type config struct {
-	server    string
-	tokenFile string
-	scenario  string
-	devices   int
-	duration  time.Duration
-	hold      time.Duration
-	changes   int
-	interval  time.Duration
-	batch     int
-	noteBytes int
-	pushLive  bool
-	pid       int
-	parallel  int
-	timeout   time.Duration
-	json      bool
-	jsonFile  string
+	server     string
+	tokenFile  string
+	scenario   string
+	devices    int
+	duration   time.Duration
+	hold       time.Duration
+	changes    int
+	interval   time.Duration
+	batch      int
+	noteBytes  int
+	pushLive   bool
+	pid        int
+	parallel   int
+	timeout    time.Duration
+	json       bool
+	jsonFile   string
+	cpuProfile string
 }
 
 func main() {
@@ -83,6 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.timeout, "timeout", 20*time.Minute, "give up after this long")
 	fs.BoolVar(&c.json, "json", false, "print the results as JSON")
 	fs.StringVar(&c.jsonFile, "json-file", "", "also write the results as JSON to this file")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -138,6 +141,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if pid, err = findServerPID(cfg.server); err != nil {
 			return err
 		}
+	}
+	if cfg.cpuProfile != "" {
+		f, err := os.Create(cfg.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	codecs, err := newCodecPool(4)
 	if err != nil {

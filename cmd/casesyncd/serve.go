@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -28,6 +29,7 @@ type serveConfig struct {
 	shutdownDeadline time.Duration
 	gcPercent        int
 	memoryLimit      string
+	cpuProfile       string
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -42,6 +44,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.DurationVar(&c.shutdownDeadline, "shutdown-timeout", 30*time.Second, "how long a graceful shutdown may take")
 	fs.IntVar(&c.gcPercent, "gc-percent", gcPercentDefault(), "garbage collector target percentage, -1 for off (default 400 unless GOGC is set)")
 	fs.StringVar(&c.memoryLimit, "memory-limit", memoryLimitDefault(), "soft memory limit of the Go runtime, e.g. 384MiB, or off (default unless GOMEMLIMIT is set)")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (for BENCHMARKS.md; the store's writer is labelled role=writer)")
 	return fs, c
 }
 
@@ -62,6 +65,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if err := applyGC(c.gcPercent, c.memoryLimit); err != nil {
 		return err
+	}
+	if c.cpuProfile != "" {
+		stop, err := startCPUProfile(c.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 
 	// Take the address first: a second casesyncd on a busy port must not
@@ -162,4 +172,21 @@ func adminToken(dir string, log *slog.Logger) ([]byte, error) {
 	}
 	log.Info("admin token", "path", path)
 	return server.HashToken(tok), nil
+}
+
+// startCPUProfile profiles the process into path until the returned
+// function is called.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

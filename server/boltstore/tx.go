@@ -18,7 +18,18 @@ import (
 type tx struct {
 	btx  *bolt.Tx
 	done bool
+
+	// What this view has looked up, so that a push's changes do not look
+	// it up again each (bbolt lookups were a third of the writer's time,
+	// BENCHMARKS.md, load): the buckets of the areas it filed under, and
+	// the keys Record found absent that nothing has written since. Only
+	// this view writes to btx while it lives, so neither goes stale.
+	areas  map[string]areaBuckets
+	absent map[string]struct{}
 }
+
+// areaBuckets are one area's nested buckets.
+type areaBuckets struct{ idx, keys *bolt.Bucket }
 
 var _ server.Tx = (*tx)(nil)
 
@@ -128,8 +139,15 @@ func (t *tx) Record(k syncproto.Key) (*syncproto.Record, uint64, error) {
 	if err := t.read(); err != nil {
 		return nil, 0, err
 	}
-	v := t.bucket(bucketRecords).Get(recordKey(k))
+	key := recordKey(k)
+	v := t.bucket(bucketRecords).Get(key)
 	if v == nil {
+		if t.btx.Writable() {
+			if t.absent == nil {
+				t.absent = make(map[string]struct{})
+			}
+			t.absent[string(key)] = struct{}{}
+		}
 		return nil, 0, server.ErrNotFound
 	}
 	h, js, err := decodeRecord(v)
@@ -206,7 +224,9 @@ func (t *tx) putRecord(r *syncproto.Record, js []byte, seq uint64) error {
 	records := t.bucket(bucketRecords)
 	var old recordHead
 	found := false
-	if v := records.Get(key); v != nil {
+	if _, ok := t.absent[string(key)]; ok {
+		delete(t.absent, string(key))
+	} else if v := records.Get(key); v != nil {
 		h, _, err := decodeRecord(v)
 		if err != nil {
 			return fmt.Errorf("%s: %w", r.Key(), err)
@@ -218,8 +238,12 @@ func (t *tx) putRecord(r *syncproto.Record, js []byte, seq uint64) error {
 	if err != nil {
 		return err
 	}
-	if err := unfile(idx, keys, key); err != nil {
-		return err
+	// A record not stored yet has no entry in any area: markers are left
+	// only by records that moved.
+	if found {
+		if err := unfile(idx, keys, key); err != nil {
+			return err
+		}
 	}
 	if found && old.area != r.Area {
 		oidx, okeys := t.area(old.area)
@@ -267,6 +291,9 @@ func (t *tx) area(name string) (idx, keys *bolt.Bucket) {
 	if name == "" {
 		return nil, nil
 	}
+	if ab, ok := t.areas[name]; ok {
+		return ab.idx, ab.keys
+	}
 	a := t.bucket(bucketAreas).Bucket([]byte(name))
 	if a == nil {
 		return nil, nil
@@ -276,6 +303,9 @@ func (t *tx) area(name string) (idx, keys *bolt.Bucket) {
 
 // createArea returns an area's index and reverse map, creating them.
 func (t *tx) createArea(name string) (idx, keys *bolt.Bucket, err error) {
+	if ab, ok := t.areas[name]; ok {
+		return ab.idx, ab.keys, nil
+	}
 	a, err := t.bucket(bucketAreas).CreateBucketIfNotExists([]byte(name))
 	if err != nil {
 		return nil, nil, fmt.Errorf("boltstore: create area %q: %w", name, err)
@@ -286,7 +316,11 @@ func (t *tx) createArea(name string) (idx, keys *bolt.Bucket, err error) {
 	if keys, err = a.CreateBucketIfNotExists(bucketKeys); err != nil {
 		return nil, nil, fmt.Errorf("boltstore: create area %q: %w", name, err)
 	}
-	return appendOnly(idx), keys, nil
+	if t.areas == nil {
+		t.areas = make(map[string]areaBuckets)
+	}
+	t.areas[name] = areaBuckets{appendOnly(idx), keys}
+	return idx, keys, nil
 }
 
 // unfile removes key's entry, record or marker, from an area.

@@ -319,3 +319,39 @@ func TestTx_ErrTxDone(t *testing.T) {
 		return nil
 	})
 }
+
+// One view remembers the records it found absent and the area buckets it
+// used; what it does after must be what a fresh view would do: a record
+// stored after a miss is found, filed once, and moved with a marker left
+// behind; an entry is listed under its case.
+func TestTx_LookupsRememberedWithinAView(t *testing.T) {
+	s := MustOpenStore(t, nil)
+	k := syncproto.Key{Collection: syncproto.Entries, ID: "e1"}
+	mustUpdate(t, s, func(tx server.Tx) error {
+		if _, _, err := tx.Record(k); !errors.Is(err, server.ErrNotFound) {
+			return fmt.Errorf("Record before put: %v, want ErrNotFound", err)
+		}
+		if err := tx.PutRecord(entryRecord("e1", "c1", "A"), 1); err != nil {
+			return err
+		}
+		if _, seq, err := tx.Record(k); err != nil || seq != 1 {
+			return fmt.Errorf("Record after put: seq %d, %v", seq, err)
+		}
+		// Stored again in the same view: not absent any more, so its old
+		// filing is found and replaced, then moved to B.
+		if err := tx.PutRecord(entryRecord("e1", "c1", "A"), 2); err != nil {
+			return err
+		}
+		return tx.PutRecord(entryRecord("e1", "c1", "B"), 3)
+	})
+	if got, want := scan(t, s, map[string]uint64{"A": 0, "B": 0}, 3), []string{"A 3 entries/e1 -> B", "B 3 entries/e1"}; !slices.Equal(got, want) {
+		t.Errorf("after the view: %q, want %q", got, want)
+	}
+	mustView(t, s, func(tx server.Tx) error {
+		ids, err := tx.CaseEntries("c1")
+		if err != nil || !slices.Equal(ids, []string{"e1"}) {
+			t.Errorf("CaseEntries(c1) = %q, %v; want [e1]", ids, err)
+		}
+		return nil
+	})
+}
