@@ -264,8 +264,11 @@ func (srv *Server) applyChange(tx Tx, cases *caseIndex, actor syncproto.Actor, s
 	if err := tx.PutRecordJSON(rec, js, seq); err != nil {
 		return nil, err
 	}
-	if err := tx.SetConflict(rec.Key(), rec.Area, conflicted); err != nil {
-		return nil, err
+	// A record stored for the first time has no conflict to clear.
+	if cur != nil || conflicted {
+		if err := tx.SetConflict(rec.Key(), rec.Area, conflicted); err != nil {
+			return nil, err
+		}
 	}
 	if ch.Collection == syncproto.Cases {
 		cases.forget(ch.ID) // its area may have changed

@@ -48,7 +48,8 @@ type Tx interface {
 	// AppendLog records an accepted change under seq in the change log.
 	AppendLog(seq uint64, e LogEntry) error
 	// AppendLogJSON is AppendLog with the entry already encoded as
-	// syncproto.Marshal encodes it (see encodeLogEntry).
+	// syncproto.Marshal encodes it (see encodeLogEntry). The store may keep
+	// js until the transaction ends: the caller must not change it.
 	AppendLogJSON(seq uint64, js []byte) error
 
 	// Record returns the current state of a record and the log sequence it

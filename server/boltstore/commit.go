@@ -171,5 +171,8 @@ func (s *Store) call(btx *bolt.Tx, fn func(server.Tx) error) (err error) {
 			err = fmt.Errorf("%w: %v", ErrPanicked, p)
 		}
 	}()
-	return fn(t)
+	if err := fn(t); err != nil {
+		return err
+	}
+	return t.flush()
 }

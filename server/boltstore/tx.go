@@ -26,6 +26,24 @@ type tx struct {
 	// this view writes to btx while it lives, so neither goes stale.
 	areas  map[string]areaBuckets
 	absent map[string]struct{}
+	// head is the log head as this view has it, once read (headRead);
+	// NextSeq advances it here and flush stores it once, not per change.
+	head      uint64
+	headRead  bool
+	headDirty bool
+}
+
+// flush stores what the view keeps in memory. The store calls it when the
+// view's function has succeeded, before the transaction goes on.
+func (t *tx) flush() error {
+	if !t.headDirty {
+		return nil
+	}
+	if err := t.bucket(bucketMeta).Put(metaHead, itob(t.head)); err != nil {
+		return fmt.Errorf("boltstore: put head: %w", err)
+	}
+	t.headDirty = false
+	return nil
 }
 
 // areaBuckets are one area's nested buckets.
@@ -75,14 +93,17 @@ func (t *tx) Head() (uint64, error) {
 	if err := t.read(); err != nil {
 		return 0, err
 	}
-	v := t.bucket(bucketMeta).Get(metaHead)
-	if v == nil {
-		return 0, nil
+	if t.headRead {
+		return t.head, nil
 	}
-	n, ok := btoi(v)
-	if !ok {
-		return 0, fmt.Errorf("%w: meta head of %d bytes", ErrCorrupt, len(v))
+	var n uint64
+	if v := t.bucket(bucketMeta).Get(metaHead); v != nil {
+		var ok bool
+		if n, ok = btoi(v); !ok {
+			return 0, fmt.Errorf("%w: meta head of %d bytes", ErrCorrupt, len(v))
+		}
 	}
+	t.head, t.headRead = n, true
 	return n, nil
 }
 
@@ -95,11 +116,8 @@ func (t *tx) NextSeq() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	n++
-	if err := t.bucket(bucketMeta).Put(metaHead, itob(n)); err != nil {
-		return 0, fmt.Errorf("boltstore: put head: %w", err)
-	}
-	return n, nil
+	t.head, t.headDirty = n+1, true
+	return t.head, nil
 }
 
 // AppendLog stores e under seq. The log is append-only: a sequence that is
@@ -121,7 +139,7 @@ func (t *tx) AppendLog(seq uint64, e server.LogEntry) error {
 }
 
 // AppendLogJSON stores a log entry already encoded, as AppendLog would
-// have encoded it, under seq.
+// have encoded it, under seq. It keeps js, not a copy, until the commit.
 func (t *tx) AppendLogJSON(seq uint64, js []byte) error {
 	if err := t.write(); err != nil {
 		return err
@@ -131,7 +149,7 @@ func (t *tx) AppendLogJSON(seq uint64, js []byte) error {
 	if b.Get(k) != nil {
 		return fmt.Errorf("boltstore: log entry %d already exists", seq)
 	}
-	return b.Put(k, bytes.Clone(js))
+	return b.Put(k, js)
 }
 
 // Record returns a copy of the current state of k and its sequence.

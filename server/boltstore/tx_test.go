@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -351,6 +352,64 @@ func TestTx_LookupsRememberedWithinAView(t *testing.T) {
 		ids, err := tx.CaseEntries("c1")
 		if err != nil || !slices.Equal(ids, []string{"e1"}) {
 			t.Errorf("CaseEntries(c1) = %q, %v; want [e1]", ids, err)
+		}
+		return nil
+	})
+}
+
+// The view keeps the head in memory and stores it once: what it assigned
+// is kept when its function succeeds, and gone with the function's writes
+// when it fails, whichever other updates share the commit.
+func TestTx_HeadKeptInTheView(t *testing.T) {
+	s := MustOpenStore(t, nil)
+	next := func(tx server.Tx, n int) (uint64, error) {
+		var seq uint64
+		for range n {
+			var err error
+			if seq, err = tx.NextSeq(); err != nil {
+				return 0, err
+			}
+		}
+		return seq, nil
+	}
+	mustUpdate(t, s, func(tx server.Tx) error {
+		seq, err := next(tx, 3)
+		if err != nil {
+			return err
+		}
+		if h, err := tx.Head(); err != nil || h != seq || seq != 3 {
+			return fmt.Errorf("after three NextSeq: Head %d, last %d, %v; want 3", h, seq, err)
+		}
+		return nil
+	})
+	// Concurrent updates share commits; one of them fails.
+	errBoom := errors.New("boom")
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.Update(context.Background(), func(tx server.Tx) error {
+				if _, err := next(tx, 2); err != nil {
+					return err
+				}
+				if i == 5 {
+					return errBoom
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if want := map[bool]error{true: errBoom, false: nil}[i == 5]; !errors.Is(err, want) {
+			t.Errorf("update %d: %v, want %v", i, err, want)
+		}
+	}
+	mustView(t, s, func(tx server.Tx) error {
+		if h, err := tx.Head(); err != nil || h != 3+7*2 {
+			t.Errorf("Head = %d, %v; want %d", h, err, 3+7*2)
 		}
 		return nil
 	})
