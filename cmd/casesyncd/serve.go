@@ -30,6 +30,7 @@ type serveConfig struct {
 	gcPercent        int
 	memoryLimit      string
 	cpuProfile       string
+	tuning           tuning
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
@@ -45,6 +46,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveConfig) {
 	fs.IntVar(&c.gcPercent, "gc-percent", gcPercentDefault(), "garbage collector target percentage, -1 for off (default 400 unless GOGC is set)")
 	fs.StringVar(&c.memoryLimit, "memory-limit", memoryLimitDefault(), "soft memory limit of the Go runtime, e.g. 384MiB, or off (default unless GOMEMLIMIT is set)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (for BENCHMARKS.md; the store's writer is labelled role=writer)")
+	c.tuning.register(fs)
 	return fs, c
 }
 
@@ -54,6 +56,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	} else if len(pos) > 0 {
 		return fmt.Errorf("serve takes no arguments, got %q", pos)
+	}
+	if err := c.tuning.fromEnv(fs); err != nil {
+		return err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.logLevel)); err != nil {
@@ -84,7 +89,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := os.MkdirAll(c.data, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	store, err := boltstore.Open(filepath.Join(c.data, "casesync.db"), &boltstore.Options{Timeout: time.Second, Logger: log})
+	storeOpts := &boltstore.Options{Timeout: time.Second, Logger: log}
+	cfg := server.Config{Logger: log}
+	c.tuning.apply(&cfg, storeOpts)
+	store, err := boltstore.Open(filepath.Join(c.data, "casesync.db"), storeOpts)
 	if err != nil {
 		return err
 	}
@@ -93,7 +101,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(server.Config{Store: store, Logger: log, AdminTokenHash: adminHash})
+	cfg.Store, cfg.AdminTokenHash = store, adminHash
+	srv, err := server.New(cfg)
 	if err != nil {
 		return err
 	}
