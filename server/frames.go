@@ -117,6 +117,17 @@ func (fc *frameCache) get(k frameKey) (f *sharedFrame, build bool) {
 	return f, true
 }
 
+// lookup returns the frame for k if a session has asked for it already,
+// without making one.
+func (fc *frameCache) lookup(k frameKey) *sharedFrame {
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if k.head != fc.head {
+		return nil
+	}
+	return fc.frames[k]
+}
+
 // publish completes f: frame and cp if ok, nothing to send if empty. It
 // must be called exactly once by the session that got build from get.
 func (fc *frameCache) publish(f *sharedFrame, ok, empty bool, frame []byte, cp syncproto.Checkpoint) {

@@ -130,7 +130,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		cfg:     cfg,
-		store:   cfg.Store,
+		store:   headStore{Store: cfg.Store, head: new(atomic.Uint64)},
 		log:     cfg.Logger,
 		codec:   codec,
 		clock:   syncproto.NewClock(cfg.Now, 0),
@@ -138,6 +138,13 @@ func New(cfg Config) (*Server, error) {
 		metrics: newMetrics(),
 		buckets: make(map[string]*bucket),
 		cpu:     make(slots, cfg.Decoders),
+	}
+	if err := cfg.Store.View(context.Background(), func(tx Tx) error {
+		h, err := tx.Head()
+		s.store.(headStore).head.Store(h)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("server: read the log head: %w", err)
 	}
 	s.app = s.routes()
 	return s, nil

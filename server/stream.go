@@ -155,6 +155,9 @@ func (ss *session) reloadScope(cursor map[string]uint64) bool {
 // head and compression: a live change fanned out to a caseload's devices)
 // is built by the first of them and sent as it is by the others (frames.go).
 func (ss *session) sendBacklog(cursor map[string]uint64) (uint64, bool) {
+	if head, sent, ok := ss.sendShared(cursor); sent {
+		return head, ok
+	}
 	share := true
 	for {
 		var (
@@ -271,6 +274,41 @@ func (ss *session) sendBacklog(cursor map[string]uint64) (uint64, bool) {
 			return head, true
 		}
 	}
+}
+
+// sendShared sends the changes message another session has built for this
+// session's scope and cursors up to the head of the server's latest commit,
+// without a transaction (headStore), and reports whether it did. A lead's
+// scope is read in a transaction, and a frame not built yet is built
+// there: sendBacklog does both.
+func (ss *session) sendShared(cursor map[string]uint64) (head uint64, sent, ok bool) {
+	scope := ss.currentScope()
+	if scope.All {
+		return 0, false, false
+	}
+	head = ss.srv.store.(headStore).head.Load()
+	after := make(map[string]uint64, len(scope.Areas))
+	for _, a := range scope.Areas {
+		after[a] = cursor[a]
+	}
+	sf := ss.srv.hub.frames.lookup(newFrameKey(scope, after, head, ss.compress))
+	if sf == nil {
+		return 0, false, false
+	}
+	if !sf.wait(ss.stop) {
+		return 0, true, false
+	}
+	if !sf.ok {
+		return 0, false, false
+	}
+	ss.advance(cursor, head)
+	if !sf.empty {
+		ss.srv.metrics.frames.WithLabelValues("shared").Inc()
+		if !ss.sendFrame(sf.frame, sf.cp) {
+			return 0, true, false
+		}
+	}
+	return head, true, true
 }
 
 // advance moves every area's cursor, and the scope's, to at least seq.

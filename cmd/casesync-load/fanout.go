@@ -28,6 +28,8 @@ type fanoutResult struct {
 	Delivered       int            `json:"delivered"`
 	Missed          int            `json:"missed"`
 	Duplicates      int            `json:"duplicates"`
+	DecodeErrors    int            `json:"decode_errors"`
+	InlineDecode    bool           `json:"inline_decode"`
 	Dropped         int            `json:"dropped"`
 	DropReasons     map[string]int `json:"drop_reasons,omitempty"`
 	PushRejected    int            `json:"push_rejected"`
@@ -53,7 +55,7 @@ func runFanout(ctx context.Context, e *env) (*fanoutResult, error) {
 		n = 1000
 	}
 	k := e.cfg.changes
-	res := &fanoutResult{Receivers: n, Changes: k, Interval: e.cfg.interval, DropReasons: map[string]int{}}
+	res := &fanoutResult{Receivers: n, Changes: k, Interval: e.cfg.interval, DropReasons: map[string]int{}, InlineDecode: e.cfg.inlineDecode}
 	user, area := "fan-"+e.run, "Fanout-"+e.run
 	if err := e.admin.addUser(ctx, user, area); err != nil {
 		return nil, err
@@ -118,7 +120,13 @@ func runFanout(ctx context.Context, e *env) (*fanoutResult, error) {
 			}
 		}
 	}
-	conns, hs, failures, firstErr := connectMany(ctx, e, devs[:n], true, onChanges)
+	// Receivers only read and timestamp; two workers decode (decodePool).
+	var pool *decodePool
+	if !e.cfg.inlineDecode {
+		pool = newDecodePool(2)
+		defer pool.close() // after closeAll: the readers have stopped
+	}
+	conns, hs, failures, firstErr := connectMany(ctx, e, devs[:n], true, pool, onChanges)
 	defer closeAll(conns)
 	res.ConnectFailures = failures
 	e.log.Info("fanout: connected", "receivers", n-failures, "failures", failures, "first_failure", firstErr, "seconds", hs.elapsed.Seconds())
@@ -190,6 +198,9 @@ func runFanout(ctx context.Context, e *env) (*fanoutResult, error) {
 		}
 	}
 	res.Missed = max(0, res.Expected-res.Delivered)
+	if pool != nil {
+		res.DecodeErrors = int(pool.errs.Load())
+	}
 	res.Latency, res.LastDevice = all.summary(), last.summary()
 	e.log.Info("fanout: done", "latency", res.Latency.String(), "missed", res.Missed, "dropped", res.Dropped)
 	return res, nil

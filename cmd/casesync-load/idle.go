@@ -65,7 +65,7 @@ func runIdle(ctx context.Context, e *env) (*idleResult, error) {
 	}
 	res.RSSBefore, res.HeapBefore, res.GoroutinesBefore = before.RSS, before.HeapInuse, before.Goroutines
 
-	conns, hs, failures, firstErr := connectMany(ctx, e, devs, true, nil)
+	conns, hs, failures, firstErr := connectMany(ctx, e, devs, true, nil, nil)
 	res.ConnectSeconds = hs.elapsed.Seconds()
 	res.Handshake = hs.lat.summary()
 	res.ConnectFailures, res.FirstFailure = failures, firstErr
@@ -135,7 +135,7 @@ type connectStats struct {
 // connectMany connects devices with --connect-parallel in flight, starting
 // each one's reader with the handler h(i) returns (nil: no handler). A
 // device that fails to connect leaves a nil entry.
-func connectMany(ctx context.Context, e *env, devs []device, live bool, h func(i int) handler) ([]*conn, *connectStats, int, string) {
+func connectMany(ctx context.Context, e *env, devs []device, live bool, pool *decodePool, h func(i int) handler) ([]*conn, *connectStats, int, string) {
 	conns := make([]*conn, len(devs))
 	st := &connectStats{}
 	var (
@@ -171,6 +171,7 @@ func connectMany(ctx context.Context, e *env, devs []device, live bool, h func(i
 			if h != nil {
 				hf = h(i)
 			}
+			c.pool = pool
 			c.start(hf)
 			conns[i] = c
 			if k := done.Add(1); k%2000 == 0 {

@@ -34,23 +34,24 @@ import (
 
 // config is the command line.
 type config struct {
-	server     string
-	tokenFile  string
-	scenario   string
-	devices    int
-	duration   time.Duration
-	hold       time.Duration
-	changes    int
-	interval   time.Duration
-	batch      int
-	noteBytes  int
-	pushLive   bool
-	pid        int
-	parallel   int
-	timeout    time.Duration
-	json       bool
-	jsonFile   string
-	cpuProfile string
+	server       string
+	tokenFile    string
+	scenario     string
+	devices      int
+	duration     time.Duration
+	hold         time.Duration
+	changes      int
+	interval     time.Duration
+	batch        int
+	noteBytes    int
+	pushLive     bool
+	pid          int
+	parallel     int
+	timeout      time.Duration
+	json         bool
+	jsonFile     string
+	cpuProfile   string
+	inlineDecode bool
 }
 
 func main() {
@@ -85,6 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.timeout, "timeout", 20*time.Minute, "give up after this long")
 	fs.BoolVar(&c.json, "json", false, "print the results as JSON")
 	fs.StringVar(&c.jsonFile, "json-file", "", "also write the results as JSON to this file")
+	fs.BoolVar(&c.inlineDecode, "inline-decode", false, "fanout: each receiver decodes its frame before reading the next, instead of handing it to two decoding workers (the method before 2026-12-03)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -246,7 +248,7 @@ func printReport(w io.Writer, r *report) {
 		fmt.Fprintf(w, "  latency push sent → change read: %s\n", x.Latency)
 		fmt.Fprintf(w, "  last device reached per note: %s\n", x.LastDevice)
 		fmt.Fprintf(w, "  pusher ack: %s\n", x.Ack)
-		fmt.Fprintf(w, "  delivered %d of %d, missed %d, duplicates %d, dropped %d %v\n", x.Delivered, x.Expected, x.Missed, x.Duplicates, x.Dropped, x.DropReasons)
+		fmt.Fprintf(w, "  delivered %d of %d, missed %d, duplicates %d, undecodable %d, dropped %d %v (decoding: %s)\n", x.Delivered, x.Expected, x.Missed, x.Duplicates, x.DecodeErrors, x.Dropped, x.DropReasons, map[bool]string{true: "inline", false: "2 workers"}[x.InlineDecode])
 		fmt.Fprintf(w, "  CPU: %s\n", x.CPU)
 		fmt.Fprintf(w, "  goal p99 < 50 ms: %s; none dropped or missed: %s\n", yes("fanout_p99_under_50ms"), yes("fanout_none_dropped_or_missed"))
 	}

@@ -62,7 +62,7 @@ func runPush(ctx context.Context, e *env) (*pushResult, error) {
 	for i := range acks {
 		acks[i] = make(chan *syncproto.Ack, 4)
 	}
-	conns, _, failures, firstErr := connectMany(ctx, e, devs, e.cfg.pushLive, func(i int) handler {
+	conns, _, failures, firstErr := connectMany(ctx, e, devs, e.cfg.pushLive, nil, func(i int) handler {
 		return func(m syncproto.Message, _ time.Time) {
 			if a, ok := m.(*syncproto.Ack); ok {
 				acks[i] <- a
