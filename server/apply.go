@@ -117,10 +117,7 @@ type weightedStore interface {
 // push's changes), so a group commit stays bounded in changes and an
 // ack does not wait for ten thousand others.
 func (srv *Server) update(ctx context.Context, weight int, fn func(tx Tx) error) error {
-	if ws, ok := srv.store.(weightedStore); ok {
-		return ws.UpdateWeight(ctx, weight, fn)
-	}
-	return srv.store.Update(ctx, fn)
+	return srv.store.UpdateWeight(ctx, weight, fn)
 }
 
 // caseIndex answers validation's questions about cases from a transaction.

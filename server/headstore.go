@@ -21,7 +21,8 @@ func (s headStore) Update(ctx context.Context, fn func(tx Tx) error) error {
 	return s.track(func(f func(Tx) error) error { return s.Store.Update(ctx, f) }, fn)
 }
 
-// UpdateWeight is weightedStore's, if the store has it.
+// UpdateWeight is the store's weightedStore method if it has one, else
+// Update.
 func (s headStore) UpdateWeight(ctx context.Context, weight int, fn func(tx Tx) error) error {
 	ws, ok := s.Store.(weightedStore)
 	if !ok {

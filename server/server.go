@@ -100,7 +100,7 @@ func (c *Config) setDefaults() {
 // admin API. Create it with New, run it with Serve, stop it with Shutdown.
 type Server struct {
 	cfg     Config
-	store   Store
+	store   headStore // cfg.Store, knowing its latest commit's head
 	log     *slog.Logger
 	app     *fiber.App
 	codec   *syncproto.Codec
@@ -141,7 +141,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if err := cfg.Store.View(context.Background(), func(tx Tx) error {
 		h, err := tx.Head()
-		s.store.(headStore).head.Store(h)
+		s.store.head.Store(h)
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("server: read the log head: %w", err)

@@ -286,7 +286,7 @@ func (ss *session) sendShared(cursor map[string]uint64) (head uint64, sent, ok b
 	if scope.All {
 		return 0, false, false
 	}
-	head = ss.srv.store.(headStore).head.Load()
+	head = ss.srv.store.head.Load()
 	after := make(map[string]uint64, len(scope.Areas))
 	for _, a := range scope.Areas {
 		after[a] = cursor[a]
