@@ -225,10 +225,23 @@ var ErrRevoked = errors.New("client: this device was revoked; its local data was
 type RevokedError struct {
 	// Lost is the number of local changes that had not reached the server.
 	Lost int
+	// Rejected is the number of changes the server had refused that were
+	// still listed for the user ('casesync rejected'): they never reached
+	// the server either, and went with the replica.
+	Rejected int
 }
 
 func (e *RevokedError) Error() string {
-	return fmt.Sprintf("client: this device was revoked; its local data was wiped (%d unsynced changes lost)", e.Lost)
+	return "client: this device was revoked; its local data was wiped (" + e.Counts() + ")"
+}
+
+// Counts says what the wipe took with it, for a message to the user.
+func (e *RevokedError) Counts() string {
+	s := fmt.Sprintf("%d unsynced changes lost", e.Lost)
+	if e.Rejected > 0 {
+		s += fmt.Sprintf(", %d rejected changes discarded", e.Rejected)
+	}
+	return s
 }
 
 // Unwrap makes errors.Is(err, ErrRevoked) true.

@@ -341,8 +341,11 @@ func (t *stx) outboxFor(k syncproto.Key) ([]syncproto.Change, error) {
 }
 
 // outboxLen counts pending changes without decrypting them.
-func (t *stx) outboxLen() (n int, err error) {
-	err = t.each(bucketOutbox, nil, func(_, _ []byte) error { n++; return nil })
+func (t *stx) outboxLen() (n int, err error) { return t.count(bucketOutbox) }
+
+// count counts the items of a bucket without decrypting them.
+func (t *stx) count(bucket []byte) (n int, err error) {
+	err = t.each(bucket, nil, func(_, _ []byte) error { n++; return nil })
 	return n, err
 }
 

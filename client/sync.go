@@ -207,8 +207,12 @@ func (c *Client) wipe() error {
 	if c.wiped || c.st == nil {
 		return ErrRevoked
 	}
-	lost := 0
-	_ = c.st.view(func(tx *stx) error { lost, _ = tx.outboxLen(); return nil })
+	var lost, rejected int
+	_ = c.st.view(func(tx *stx) error {
+		lost, _ = tx.outboxLen()
+		rejected, _ = tx.count(bucketRejected)
+		return nil
+	})
 	path := c.st.path()
 	if err := c.st.close(); err != nil {
 		c.log.Error("close store before wipe", "err", err)
@@ -218,8 +222,8 @@ func (c *Client) wipe() error {
 	if err := wipeStore(path); err != nil {
 		return fmt.Errorf("client: device revoked, but wiping %s failed: %w", path, err)
 	}
-	c.log.Warn("device revoked by the server; local store wiped", "lost_changes", lost)
-	return &RevokedError{Lost: lost}
+	c.log.Warn("device revoked by the server; local store wiped", "lost_changes", lost, "rejected_changes", rejected)
+	return &RevokedError{Lost: lost, Rejected: rejected}
 }
 
 func (c *Client) compact() {

@@ -438,7 +438,7 @@ func cmdSync(e *env, args []string) error {
 	if err != nil {
 		var re *client.RevokedError
 		if errors.As(err, &re) {
-			return fmt.Errorf("this device was revoked by the office; its local data was wiped (%d unsynced changes lost)", re.Lost)
+			return fmt.Errorf("this device was revoked by the office; its local data was wiped (%s)", re.Counts())
 		}
 		if errors.Is(err, client.ErrUnreachable) {
 			return fmt.Errorf("%w\nyour local data is untouched; changes stay queued until the next sync", err)
@@ -479,7 +479,7 @@ func cmdRun(e *env, args []string) error {
 		case err := <-done:
 			var re *client.RevokedError
 			if errors.As(err, &re) {
-				return fmt.Errorf("this device was revoked by the office; its local data was wiped (%d unsynced changes lost)", re.Lost)
+				return fmt.Errorf("this device was revoked by the office; its local data was wiped (%s)", re.Counts())
 			}
 			return err
 		case ev, ok := <-events:

@@ -229,9 +229,11 @@ func (h *harness) actKillServer() {
 		}
 	}
 	var bg sync.WaitGroup
+	var synced result
 	if syncer != nil {
 		bg.Go(func() {
 			r := syncer.cli(60*time.Second, "--json", "sync")
+			synced = r
 			if _, problem := outcome(r); problem != "" {
 				h.t.Errorf("%s: sync while the server is killed: %s: %v", syncer.name, problem, r)
 			}
@@ -244,6 +246,9 @@ func (h *harness) actKillServer() {
 	h.downFor = 1 + h.rng.IntN(4)
 	h.logf("casesyncd SIGKILLed, down for %d steps", h.downFor)
 	bg.Wait()
+	if syncer != nil {
+		h.noticeWipe(syncer, synced.Stderr)
+	}
 }
 
 // actAreas gives a caseworker other areas through the admin CLI.
@@ -321,4 +326,5 @@ func (h *harness) actSync() {
 		return
 	}
 	h.logf("%s: one-shot sync: exit %d in %s: %s", d.name, r.Code, r.Took.Round(time.Millisecond), strings.TrimSpace(r.Stdout+r.Stderr))
+	h.noticeWipe(d, r.Stderr)
 }

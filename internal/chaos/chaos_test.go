@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+
 	"github.com/casesync/casesync/client"
 	"github.com/casesync/casesync/syncproto"
 )
@@ -36,13 +38,18 @@ type harness struct {
 	t       *testing.T
 	rng     *rand.Rand
 	srv     *daemon
-	devs    []*device
+	devs    []*device // the devices the schedule acts on
+	gone    []*device // revoked: acted on until wiped, then only checked
 	lead    *device
+	api     *toxiproxy.ApiServer
 	m       *model
 	step    int
 	downFor int // steps until the schedule restarts a killed casesyncd
-	stats   map[string]int
-	start   time.Time
+	// revokeAt is the step at which the office revokes a device, drawn
+	// from the seed; put off while casesyncd is down.
+	revokeAt int
+	stats    map[string]int
+	start    time.Time
 }
 
 func (h *harness) logf(format string, args ...any) {
@@ -72,8 +79,12 @@ func TestChaos(t *testing.T) {
 	})
 	h := &harness{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), m: newModel(), stats: map[string]int{}, start: time.Now()}
 	h.setup()
+	h.revokeAt = steps/4 + h.rng.IntN(steps/2)
 	for h.step = 1; h.step <= steps; h.step++ {
 		h.tick()
+		if h.step >= h.revokeAt && len(h.gone) == 0 && h.revoke() {
+			h.stats["revoke"]++
+		}
 		h.act()
 		if t.Failed() {
 			t.FailNow()
@@ -105,7 +116,7 @@ func (h *harness) setup() {
 	t := h.t
 	h.srv = newDaemon(t)
 	h.srv.start()
-	api := newToxiproxy()
+	h.api = newToxiproxy()
 	for _, p := range people {
 		args := []string{"user", "add", p.user, "--role", p.role}
 		if p.role == syncproto.RoleCaseworker {
@@ -121,7 +132,7 @@ func (h *harness) setup() {
 				// others with key files.
 				passphrase = "Oudegracht 200, tweede verdieping"
 			}
-			d := newDevice(t, name, p.user, passphrase, newLink(t, api, name, h.srv.addr))
+			d := newDevice(t, name, p.user, passphrase, newLink(t, h.api, name, h.srv.addr))
 			d.enroll(h.srv.enroll(p.user, name))
 			d.startRun()
 			h.devs = append(h.devs, d)
@@ -148,8 +159,12 @@ func (h *harness) tick() {
 		h.t.Errorf("casesyncd exited by itself: %v\n%s", h.srv.p.Err(), tail(h.srv.p.Output(), 30))
 		return
 	}
-	for _, d := range h.devs {
-		if !d.running() && !d.killed {
+	for _, d := range slices.Clone(h.devs) {
+		switch {
+		case d.running() || d.killed:
+		case d.revoked != nil:
+			h.runExited(d)
+		default:
 			h.t.Errorf("%s: 'casesync run' exited by itself: %v\n%s", d.name, d.run.Err(), tail(d.run.Output(), 30))
 			return
 		}
@@ -366,6 +381,7 @@ func (h *harness) heal() map[*device]cliView {
 			d.startRun()
 		}
 	}
+	h.finishRevoked()
 	for _, d := range h.devs {
 		d.stopRun()
 	}

@@ -123,6 +123,9 @@ func (h *harness) check(st *serverState, views map[*device]cliView) []string {
 	for _, d := range h.devs {
 		h.checkDevice(d, st, views[d], keys, violate)
 	}
+	for _, d := range h.gone {
+		h.checkRevoked(d, st, violate)
+	}
 	h.checkWrites(st, views, violate)
 	return out
 }
@@ -311,6 +314,9 @@ func (h *harness) checkWrites(st *serverState, views map[*device]cliView, violat
 			continue
 		}
 		if !st.accepted[dt] {
+			if w.dev.revoked != nil {
+				continue // lost with the wipe: checkRevoked
+			}
 			violate("write %s: lost: the server never accepted it and the device keeps no rejection", w)
 			continue
 		}

@@ -31,9 +31,10 @@ type device struct {
 	run        *proc // the current 'casesync run'; nil or exited when down
 	killed     bool  // the schedule SIGKILLed run
 	runs       int
-	downFor    int    // steps until the schedule restarts a killed run
-	cutFor     int    // steps until the schedule ends a blackhole of its link
-	seq        uint64 // change sequence of the last write a command reported done
+	downFor    int         // steps until the schedule restarts a killed run
+	cutFor     int         // steps until the schedule ends a blackhole of its link
+	seq        uint64      // change sequence of the last write a command reported done
+	revoked    *revocation // set once the office revoked it (revoke_test.go)
 }
 
 // newDevice makes the replica directory and, unless passphrase is set, a

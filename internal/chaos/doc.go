@@ -2,7 +2,8 @@
 // several casesync devices, each a real process built from cmd/, talk over
 // loopback TCP through in-process toxiproxy links, while a seeded schedule
 // switches faults on and off, SIGKILLs clients and the server, changes
-// users' areas, moves cases and makes devices edit the same field at once.
+// users' areas, moves cases, makes devices edit the same field at once,
+// and once revokes a device that is still writing (revoke_test.go).
 // At the end everything is healed and synced until quiescent, and the
 // simulation's invariants (internal/simtest/oracle.go) are checked against
 // the server's store and every device's replica.

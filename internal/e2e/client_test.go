@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -295,14 +296,23 @@ func TestSyncUnreachable(t *testing.T) {
 }
 
 // Revocation: the next sync wipes the replica and reports how many
-// unsynced changes were lost.
+// unsynced changes were lost, and how many rejected ones went with it.
 func TestRevoked(t *testing.T) {
 	ctx := context.Background()
 	s := servertest.NewServer(t, nil)
-	s.AddUser("anouk", "caseworker", "Zuilen")
+	s.AddUser("anouk", "caseworker", "Zuilen", "Ondiep")
 	d := openDevice(t, s, "anouk", s.URL, nil)
 	caseID := mustCreateCase(t, d.Client, map[string]any{"area": "Zuilen", "title": "Stolen laptop"})
+	oCase := mustCreateCase(t, d.Client, map[string]any{"area": "Ondiep", "title": "Taken away"})
 	mustSync(t, d.Client)
+	// One change the server refuses, still listed for the user.
+	s.SetAreas("anouk", "Zuilen")
+	if _, err := d.AddEntry(ctx, oCase, map[string]any{"kind": "note", "text": "Written after losing Ondiep."}); err != nil {
+		t.Fatal(err)
+	}
+	if res := mustSync(t, d.Client); res.Rejected != 1 {
+		t.Fatalf("sync: %+v, want 1 rejected", res)
+	}
 	mustAddEntry(t, d.Client, caseID, "Unsynced one.")
 	mustAddEntry(t, d.Client, caseID, "Unsynced two.")
 	if err := d.SetCase(ctx, caseID, map[string]any{"status": "waiting"}); err != nil {
@@ -319,8 +329,11 @@ func TestRevoked(t *testing.T) {
 	if !errors.As(err, &re) {
 		t.Fatalf("sync after revocation: %v, want *RevokedError", err)
 	}
-	if re.Lost != 3 {
-		t.Errorf("Lost = %d, want 3", re.Lost)
+	if re.Lost != 3 || re.Rejected != 1 {
+		t.Errorf("Lost = %d, Rejected = %d; want 3 and 1", re.Lost, re.Rejected)
+	}
+	if want := "(3 unsynced changes lost, 1 rejected changes discarded)"; !strings.Contains(err.Error(), want) {
+		t.Errorf("error %q does not say %q", err, want)
 	}
 	if !errors.Is(err, client.ErrRevoked) {
 		t.Errorf("%v is not ErrRevoked", err)
