@@ -21,24 +21,25 @@ type tuning struct {
 // when the flag is not given.
 type tuningFlag struct {
 	name, env, usage string
+	def              string // the default, as --help shows it; the flag's own value is 0
 	v                *int
 }
 
 func (t *tuning) flags() []tuningFlag {
 	return []tuningFlag{
-		{"rate", "CASESYNC_RATE", "changes per second one device may push, sustained (default 2000)", &t.rate},
-		{"burst", "CASESYNC_BURST", "changes one device may push at once (default 10000)", &t.burst},
-		{"max-batch", "CASESYNC_MAX_BATCH", "most changes in one push (default 1000)", &t.maxBatch},
-		{"max-payload", "CASESYNC_MAX_PAYLOAD", "largest decoded frame payload in bytes (default 4194304)", &t.maxPayload},
-		{"decoders", "CASESYNC_DECODERS", "sessions decoding or preparing a push at once (default GOMAXPROCS-1, at least 1)", &t.decoders},
-		{"commit-changes", "CASESYNC_COMMIT_CHANGES", "most pushed changes in one group commit (default 4096)", &t.commitChanges},
+		{"rate", "CASESYNC_RATE", "changes per second one device may push, sustained", "2000", &t.rate},
+		{"burst", "CASESYNC_BURST", "changes one device may push at once", "10000", &t.burst},
+		{"max-batch", "CASESYNC_MAX_BATCH", "most changes in one push", "1000", &t.maxBatch},
+		{"max-payload", "CASESYNC_MAX_PAYLOAD", "largest decoded frame payload in bytes", "4194304", &t.maxPayload},
+		{"decoders", "CASESYNC_DECODERS", "sessions decoding or preparing a push at once", "GOMAXPROCS-1, at least 1", &t.decoders},
+		{"commit-changes", "CASESYNC_COMMIT_CHANGES", "most pushed changes in one group commit", "4096", &t.commitChanges},
 	}
 }
 
 // register adds the flags to fs.
 func (t *tuning) register(fs *flag.FlagSet) {
 	for _, f := range t.flags() {
-		fs.IntVar(f.v, f.name, 0, f.usage+" (env "+f.env+")")
+		fs.IntVar(f.v, f.name, 0, f.usage+" (default "+f.def+"; env "+f.env+")")
 	}
 }
 
