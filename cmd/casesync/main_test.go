@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +27,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/casesync/casesync/client"
+	"github.com/casesync/casesync/internal/testbin"
 	"github.com/casesync/casesync/server"
 	"github.com/casesync/casesync/server/servertest"
 	"github.com/casesync/casesync/syncproto"
@@ -42,15 +42,13 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "casesync tests:", err)
 		os.Exit(1)
 	}
-	bin = filepath.Join(dir, "casesync")
-	args := []string{"build", "-o", bin}
+	var flags []string
 	if raceEnabled {
-		args = append(args, "-race")
+		flags = append(flags, "-race")
 	}
-	build := exec.Command("go", append(args, ".")...)
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "casesync tests: go build:", err)
+	bin, err = testbin.Build(dir, "github.com/casesync/casesync/cmd/casesync", flags...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "casesync tests:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -74,13 +72,29 @@ var cheapKDF = client.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1}
 // so a developer's settings cannot change what a test runs. A race-enabled
 // casesync does not linger a second at exit.
 func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CASESYNC_") && !strings.HasPrefix(kv, "GORACE=") {
-			env = append(env, kv)
-		}
+	return testbin.CleanEnv([]string{"CASESYNC_", "GORACE="}, "GORACE=atexit_sleep_ms=0")
+}
+
+// failOnRace fails the test if what, a race-enabled casesync, reported a
+// data race in out.
+func failOnRace(t *testing.T, what, out string) {
+	t.Helper()
+	if strings.Contains(out, "WARNING: DATA RACE") {
+		t.Errorf("%s reported a data race:\n%s", what, out)
 	}
-	return append(env, "GORACE=atexit_sleep_ms=0")
+}
+
+// exitCode is testbin.ExitCode with these tests' convention: a process
+// killed by a signal has exit code -1 (the caller decides whether that is
+// a failure); any other error than an exit status fails the test.
+func exitCode(t *testing.T, err error) int {
+	t.Helper()
+	code, xerr := testbin.ExitCode(err)
+	var ee *exec.ExitError
+	if xerr != nil && !errors.As(err, &ee) {
+		t.Fatalf("process: %v", xerr)
+	}
+	return code
 }
 
 // device is one caseworker's laptop running the CLI: a replica directory.
@@ -101,44 +115,48 @@ func (d *device) env() []string {
 	return append(cleanEnv(), "CASESYNC_DIR="+d.dir, "CASESYNC_PASSPHRASE="+passphrase)
 }
 
+// cmd is casesync ARGS on this device.
+func (d *device) cmd(args ...string) testbin.Cmd {
+	return testbin.Cmd{Path: bin, Args: args, Env: d.env(), Dir: d.dir}
+}
+
 // result is what one casesync invocation did.
-type result struct {
-	args           []string
-	stdout, stderr string
-	code           int
-}
+type result = testbin.Result
 
-func (r result) String() string {
-	return fmt.Sprintf("casesync %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(r.args, " "), r.code, r.stdout, r.stderr)
-}
+// runTimeout bounds every casesync run to completion.
+const runTimeout = 60 * time.Second
 
-// run runs casesync to completion with stdin (may be nil).
+// run runs casesync to completion with stdin (may be nil). Without stdin
+// it fails the test if casesync did not finish in runTimeout (or was
+// killed, or did not start: testbin.Run's exit code -1).
 func (d *device) run(stdin io.Reader, args ...string) result {
 	d.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = d.env()
-	cmd.Dir = d.dir
-	cmd.Stdin = stdin
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		d.t.Fatalf("casesync %v did not finish in 60 s\nstderr: %s", args, stderr.String())
+	if stdin != nil {
+		return d.runStdin(stdin, args...)
 	}
-	r := result{args: args, stdout: stdout.String(), stderr: stderr.String(), code: exitCode(d.t, err)}
-	if strings.Contains(r.stderr, "WARNING: DATA RACE") {
-		d.t.Errorf("casesync %v reported a data race:\n%s", args, r.stderr)
+	r := testbin.Run(runTimeout, d.cmd(args...))
+	if r.Code == -1 {
+		d.t.Fatalf("casesync %v did not finish in %s\n%v", args, runTimeout, r)
 	}
+	failOnRace(d.t, fmt.Sprintf("casesync %v", args), r.Stderr)
 	return r
+}
+
+// runStdin is run with stdin, which a testbin.Cmd cannot give: a local
+// process (startLocal), waited for up to runTimeout.
+func (d *device) runStdin(stdin io.Reader, args ...string) result {
+	d.t.Helper()
+	began := time.Now()
+	p := d.startLocal(stdin, args...)
+	code := p.wait(d.t, runTimeout)
+	return result{Args: args, Stdout: p.stdout.String(), Stderr: p.stderr.String(), Code: code, Took: time.Since(began)}
 }
 
 // must runs casesync and fails the test unless it exits 0.
 func (d *device) must(args ...string) result {
 	d.t.Helper()
 	r := d.run(nil, args...)
-	if r.code != 0 {
+	if r.Code != 0 {
 		d.t.Fatalf("%v", r)
 	}
 	return r
@@ -148,7 +166,7 @@ func (d *device) must(args ...string) result {
 func (d *device) mustJSON(out any, args ...string) {
 	d.t.Helper()
 	r := d.must(append([]string{"--json"}, args...)...)
-	if err := json.Unmarshal([]byte(r.stdout), out); err != nil {
+	if err := json.Unmarshal([]byte(r.Stdout), out); err != nil {
 		d.t.Fatalf("decode %v: %v", r, err)
 	}
 }
@@ -191,12 +209,12 @@ func (d *device) addNote(caseID, kind, text string, stdin io.Reader) string {
 		args = append(args, "--text", text)
 	}
 	r := d.run(stdin, args...)
-	if r.code != 0 {
+	if r.Code != 0 {
 		d.t.Fatalf("%v", r)
 	}
 	var out struct{ ID string }
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || !syncproto.ValidID(out.ID) {
-		d.t.Fatalf("note add printed %q (%v)", r.stdout, err)
+	if err := json.Unmarshal([]byte(r.Stdout), &out); err != nil || !syncproto.ValidID(out.ID) {
+		d.t.Fatalf("note add printed %q (%v)", r.Stdout, err)
 	}
 	return out.ID
 }
@@ -228,24 +246,65 @@ func (d *device) cases() []*client.View {
 	return vs
 }
 
-// proc is a casesync process running in the background.
-type proc struct {
+// proc is a casesync process running in the background, stdout and
+// stderr in one buffer (Output).
+type proc struct{ *testbin.Proc }
+
+// start starts casesync ARGS without waiting for it. It is killed when
+// the test ends if still running, and a data race it reports fails the
+// test.
+func (d *device) start(args ...string) *proc {
+	d.t.Helper()
+	p := testbin.Start(d.t, fmt.Sprintf("casesync %v", args), d.cmd(args...))
+	t := d.t
+	t.Cleanup(func() { // before testbin's cleanup, which logs the output if the test failed
+		p.Kill()
+		failOnRace(t, p.Name(), p.Output())
+	})
+	return &proc{p}
+}
+
+// kill9 kills the process with SIGKILL (if it is still running) and waits
+// until it is gone. It reports whether the kill hit a running process.
+func (p *proc) kill9(t *testing.T) bool {
+	t.Helper()
+	if p.Exited() {
+		return false
+	}
+	p.Kill()
+	// testbin.ExitCode says that a signal killed it, not which one.
+	var ee *exec.ExitError
+	if errors.As(p.Err(), &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			return true
+		}
+	}
+	return false
+}
+
+// localProc is a casesync process started here rather than with
+// testbin.Start, for what a testbin.Proc lacks: stdin, and a signal other
+// than SIGTERM (Stop) or SIGKILL (Kill): the test stops 'casesync run' with
+// SIGINT, as a caseworker's Ctrl-C does. It keeps stdout and stderr apart.
+type localProc struct {
 	cmd    *exec.Cmd
 	args   []string
-	stdout *lockedBuffer
-	stderr *lockedBuffer
+	stdout *testbin.Buffer
+	stderr *testbin.Buffer
 	done   chan struct{} // closed when the process has exited
 	err    error         // cmd.Wait's result, once done is closed
 }
 
-// start starts casesync ARGS without waiting for it. It is killed when
-// the test ends if still running.
-func (d *device) start(args ...string) *proc {
+// startLocal starts casesync ARGS with stdin (may be nil) without waiting
+// for it. It is killed when the test ends if still running, and a data race
+// it reports fails the test.
+func (d *device) startLocal(stdin io.Reader, args ...string) *localProc {
 	d.t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = d.env()
 	cmd.Dir = d.dir
-	p := &proc{cmd: cmd, args: args, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, done: make(chan struct{})}
+	cmd.Stdin = stdin
+	p := &localProc{cmd: cmd, args: args, stdout: &testbin.Buffer{}, stderr: &testbin.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	if err := cmd.Start(); err != nil {
 		d.t.Fatalf("start casesync: %v", err)
@@ -253,14 +312,12 @@ func (d *device) start(args ...string) *proc {
 	go func() { p.err = cmd.Wait(); close(p.done) }()
 	t := d.t
 	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
+		if !p.exited() {
 			_ = cmd.Process.Kill()
-			<-p.done
 		}
-		if strings.Contains(p.stderr.String(), "WARNING: DATA RACE") {
-			t.Errorf("casesync %v reported a data race:\n%s", args, p.stderr.String())
+		<-p.done
+		if out := p.stderr.String(); strings.Contains(out, "WARNING: DATA RACE") {
+			t.Errorf("casesync %v reported a data race:\n%s", args, out)
 		} else if t.Failed() {
 			t.Logf("casesync %v output:\nstdout: %s\nstderr: %s", args, p.stdout.String(), p.stderr.String())
 		}
@@ -268,7 +325,7 @@ func (d *device) start(args ...string) *proc {
 	return p
 }
 
-func (p *proc) exited() bool {
+func (p *localProc) exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -279,7 +336,7 @@ func (p *proc) exited() bool {
 
 // wait waits up to timeout for the process to exit and returns its exit
 // code; it fails the test if it is still running.
-func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+func (p *localProc) wait(t *testing.T, timeout time.Duration) int {
 	t.Helper()
 	select {
 	case <-p.done:
@@ -287,58 +344,6 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) int {
 		t.Fatalf("casesync %v still running %s later\nstderr: %s", p.args, timeout, p.stderr.String())
 	}
 	return exitCode(t, p.err)
-}
-
-// kill9 kills the process with SIGKILL (if it is still running) and waits
-// until it is gone. It reports whether the kill hit a running process.
-func (p *proc) kill9(t *testing.T) bool {
-	t.Helper()
-	if p.exited() {
-		return false
-	}
-	err := p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-	if err != nil {
-		return false
-	}
-	var ee *exec.ExitError
-	if errors.As(p.err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
-			return true
-		}
-	}
-	return false
-}
-
-func exitCode(t *testing.T, err error) int {
-	t.Helper()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &ee):
-		return ee.ExitCode()
-	}
-	t.Fatalf("process: %v", err)
-	return -1
-}
-
-// lockedBuffer collects a process's output while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // eventually polls cond every few milliseconds until it returns true, and

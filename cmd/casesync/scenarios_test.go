@@ -37,22 +37,22 @@ func TestReadmeFlow(t *testing.T) {
 	a, b := newDevice(t), newDevice(t)
 	_, tok := s.Enroll("anouk")
 	r := a.must("enroll", "--server", s.URL, "--token", tok)
-	if !strings.Contains(r.stdout, "enrolled as anouk (caseworker)") || !strings.Contains(r.stdout, "Ondiep,Zuilen") {
+	if !strings.Contains(r.Stdout, "enrolled as anouk (caseworker)") || !strings.Contains(r.Stdout, "Ondiep,Zuilen") {
 		t.Fatalf("enroll output: %v", r)
 	}
 	b.enroll(s, "bram")
 
 	// Human output: the new IDs alone on stdout, for scripts and humans.
 	r = a.must("case", "add", "--area", "Zuilen", "--title", "Lekkage badkamer", "--tenant", "P. de Wit", "--address", "Kanaalstraat 12")
-	caseID := strings.TrimSpace(r.stdout)
+	caseID := strings.TrimSpace(r.Stdout)
 	if !syncproto.ValidID(caseID) {
-		t.Fatalf("case add printed %q", r.stdout)
+		t.Fatalf("case add printed %q", r.Stdout)
 	}
 	const text = "Huisbezoek: lekkage sinds maart, schimmel op het plafond."
 	r = a.must("note", "add", caseID, "--kind", "visit", "--text", text)
-	noteID := strings.TrimSpace(r.stdout)
+	noteID := strings.TrimSpace(r.Stdout)
 	if !syncproto.ValidID(noteID) || noteID == caseID {
-		t.Fatalf("note add printed %q", r.stdout)
+		t.Fatalf("note add printed %q", r.Stdout)
 	}
 	if res := a.sync(); res.Pushed != 2 || res.Rejected != 0 {
 		t.Fatalf("anouk's sync: %+v, want pushed 2", res)
@@ -77,7 +77,7 @@ func TestReadmeFlow(t *testing.T) {
 		t.Fatalf("bram sees the note as %s", dump(e))
 	}
 	// The human form shows the note's text too.
-	if r := b.must("show", caseID); !strings.Contains(r.stdout, text) || !strings.Contains(r.stdout, noteID) {
+	if r := b.must("show", caseID); !strings.Contains(r.Stdout, text) || !strings.Contains(r.Stdout, noteID) {
 		t.Fatalf("bram's human show lacks the note: %v", r)
 	}
 	var n client.View
@@ -126,10 +126,10 @@ func TestHomeVisitOffline(t *testing.T) {
 	}
 
 	r := a.run(nil, "sync")
-	if r.code == 0 {
+	if r.Code == 0 {
 		t.Fatalf("sync with the server down succeeded: %v", r)
 	}
-	if !strings.Contains(r.stderr, "unreachable") || !strings.Contains(r.stderr, "local data is untouched") {
+	if !strings.Contains(r.Stderr, "unreachable") || !strings.Contains(r.Stderr, "local data is untouched") {
 		t.Fatalf("sync with the server down does not say so clearly: %v", r)
 	}
 	st := a.status()
@@ -191,7 +191,7 @@ func TestHomeVisitOffline(t *testing.T) {
 	}
 	for _, id := range []string{caseID, noteIDs[0]} {
 		r := c.run(nil, "show", id)
-		if r.code == 0 || !strings.Contains(r.stderr, "no such record") {
+		if r.Code == 0 || !strings.Contains(r.Stderr, "no such record") {
 			t.Fatalf("chantal can show %s: %v", id, r)
 		}
 	}
@@ -228,7 +228,7 @@ func TestBackAtTheOffice(t *testing.T) {
 	const text1 = "Gesprek op kantoor over de betalingsregeling."
 	note1 := a.addNote(caseID, "office_hours", text1, nil)
 
-	p := a.start("run")
+	p := a.startLocal(nil, "run")
 	eventually(t, 10*time.Second, func() bool {
 		return strings.Contains(p.stderr.String(), "syncing in the background") || p.exited()
 	}, func() string { return "run did not start: " + p.stderr.String() })
@@ -259,11 +259,11 @@ func TestBackAtTheOffice(t *testing.T) {
 	// A note written with the CLI while run is active.
 	const text2 = "Telefoon: regeling akkoord, eerste termijn volgende week."
 	r := a.run(nil, "--json", "note", "add", caseID, "--kind", "call", "--text", text2)
-	if r.code != 0 {
+	if r.Code != 0 {
 		t.Errorf("BUG: cannot write a note while 'casesync run' is active: %v", r)
 	} else {
 		var out struct{ ID string }
-		if err := jsonUnmarshal(r.stdout, &out); err != nil {
+		if err := jsonUnmarshal(r.Stdout, &out); err != nil {
 			t.Fatal(err)
 		}
 		start = time.Now()
@@ -300,10 +300,10 @@ func TestLostLaptop(t *testing.T) {
 
 	s.Revoke(dev)
 	r := a.run(nil, "sync")
-	if r.code == 0 {
+	if r.Code == 0 {
 		t.Fatalf("sync of a revoked device succeeded: %v", r)
 	}
-	if !strings.Contains(r.stderr, "revoked") || !strings.Contains(r.stderr, "2 unsynced changes lost") {
+	if !strings.Contains(r.Stderr, "revoked") || !strings.Contains(r.Stderr, "2 unsynced changes lost") {
 		t.Fatalf("sync of a revoked device does not say so, or how much was lost: %v", r)
 	}
 	if _, err := os.Stat(a.DB()); !errors.Is(err, fs.ErrNotExist) {
@@ -318,7 +318,7 @@ func TestLostLaptop(t *testing.T) {
 	if st := a.status(); st.Enrolled || st.Pending != 0 {
 		t.Fatalf("status after the wipe: %+v, want not enrolled", st)
 	}
-	if r := a.run(nil, "sync"); r.code == 0 || !strings.Contains(r.stderr, "not enrolled") {
+	if r := a.run(nil, "sync"); r.Code == 0 || !strings.Contains(r.Stderr, "not enrolled") {
 		t.Fatalf("sync after the wipe: %v", r)
 	}
 }
@@ -475,10 +475,10 @@ func TestCrashDuringSync(t *testing.T) {
 		case 2:
 			cond, moment = randomDelay()
 		}
-		eventually(t, 60*time.Second, func() bool { return cond() || p.exited() }, func() string { return "push round " + moment })
+		eventually(t, 60*time.Second, func() bool { return cond() || p.Exited() }, func() string { return "push round " + moment })
 		killed := p.kill9(t)
-		if !killed && exitCode(t, p.err) != 0 {
-			t.Fatalf("push round %d: sync failed by itself: %v\n%s", round, p.err, p.stderr.String())
+		if !killed && exitCode(t, p.Err()) != 0 {
+			t.Fatalf("push round %d: sync failed by itself: %v\n%s", round, p.Err(), p.Output())
 		}
 		pending := checkNothingLost(fmt.Sprintf("push round %d", round))
 		phase(fmt.Sprintf("push round %d", round))
@@ -525,10 +525,10 @@ func TestCrashDuringSync(t *testing.T) {
 		case 2:
 			cond, moment = randomDelay()
 		}
-		eventually(t, 60*time.Second, func() bool { return cond() || p.exited() }, func() string { return "pull round " + moment })
+		eventually(t, 60*time.Second, func() bool { return cond() || p.Exited() }, func() string { return "pull round " + moment })
 		killed := p.kill9(t)
-		if !killed && exitCode(t, p.err) != 0 {
-			t.Fatalf("pull round %d: sync failed by itself: %v\n%s", round, p.err, p.stderr.String())
+		if !killed && exitCode(t, p.Err()) != 0 {
+			t.Fatalf("pull round %d: sync failed by itself: %v\n%s", round, p.Err(), p.Output())
 		}
 		// What the replica holds after the kill is whole and correct.
 		lib := openLib(puller)

@@ -68,8 +68,8 @@ func TestFreshStart(t *testing.T) {
 				t.Errorf("log does not announce the listen URL http://%s:\n%s", addr, d.Output())
 			}
 			// The token works for the admin CLI.
-			if r := d.mustAdmin(t, "user", "list", "--json"); strings.TrimSpace(r.stdout) != "[]" {
-				t.Errorf("user list --json on a fresh server = %q, want []", r.stdout)
+			if r := d.mustAdmin(t, "user", "list", "--json"); strings.TrimSpace(r.Stdout) != "[]" {
+				t.Errorf("user list --json on a fresh server = %q, want []", r.Stdout)
 			}
 			d.stop(t)
 			if strings.Contains(d.Output(), token) {
@@ -123,21 +123,21 @@ func TestAdminCLI(t *testing.T) {
 	d := start(t, t.TempDir())
 
 	r := d.mustAdmin(t, "user", "add", "anouk", "--role", "caseworker", "--areas", "Zuilen,Ondiep")
-	if !strings.Contains(r.stdout, "anouk") || !strings.Contains(r.stdout, "caseworker") {
-		t.Errorf("user add printed %q, want the new user", r.stdout)
+	if !strings.Contains(r.Stdout, "anouk") || !strings.Contains(r.Stdout, "caseworker") {
+		t.Errorf("user add printed %q, want the new user", r.Stdout)
 	}
 	d.mustAdmin(t, "user", "add", "lotte", "--role", "lead")
 
 	r = d.mustAdmin(t, "device", "enroll", "anouk", "--label", "x")
-	if !tokenLine.MatchString(r.stdout) {
-		t.Fatalf("device enroll printed %q, want exactly one line: the token", r.stdout)
+	if !tokenLine.MatchString(r.Stdout) {
+		t.Fatalf("device enroll printed %q, want exactly one line: the token", r.Stdout)
 	}
-	if r.stderr != "" {
-		t.Errorf("device enroll wrote to stderr: %q", r.stderr)
+	if r.Stderr != "" {
+		t.Errorf("device enroll wrote to stderr: %q", r.Stderr)
 	}
-	token := strings.TrimSpace(r.stdout)
+	token := strings.TrimSpace(r.Stdout)
 
-	users := decodeJSON[[]userJSON](t, "user list --json", d.mustAdmin(t, "user", "list", "--json").stdout)
+	users := decodeJSON[[]userJSON](t, "user list --json", d.mustAdmin(t, "user", "list", "--json").Stdout)
 	i := slices.IndexFunc(users, func(u userJSON) bool { return u.Name == "anouk" })
 	if i < 0 || users[i].Role != "caseworker" || !slices.Equal(users[i].Areas, []string{"Ondiep", "Zuilen"}) {
 		t.Errorf("user list --json = %+v, want anouk caseworker [Ondiep Zuilen]", users)
@@ -147,16 +147,16 @@ func TestAdminCLI(t *testing.T) {
 	}
 
 	r = d.mustAdmin(t, "device", "list", "--json")
-	if strings.Contains(r.stdout, token) || strings.Contains(r.stdout, "token") {
-		t.Errorf("device list --json shows the token or its hash:\n%s", r.stdout)
+	if strings.Contains(r.Stdout, token) || strings.Contains(r.Stdout, "token") {
+		t.Errorf("device list --json shows the token or its hash:\n%s", r.Stdout)
 	}
-	devs := decodeJSON[[]deviceJSON](t, "device list --json", r.stdout)
+	devs := decodeJSON[[]deviceJSON](t, "device list --json", r.Stdout)
 	if len(devs) != 1 || devs[0].User != "anouk" || devs[0].Label != "x" || devs[0].Revoked != "" || devs[0].ID == "" {
 		t.Fatalf("device list --json = %+v, want anouk's device x", devs)
 	}
 	id := devs[0].ID
-	if r := d.mustAdmin(t, "device", "list"); strings.Contains(r.stdout, token) || !strings.Contains(r.stdout, id) {
-		t.Errorf("device list (human) = %q, want the device ID and no token", r.stdout)
+	if r := d.mustAdmin(t, "device", "list"); strings.Contains(r.Stdout, token) || !strings.Contains(r.Stdout, id) {
+		t.Errorf("device list (human) = %q, want the device ID and no token", r.Stdout)
 	}
 
 	// The printed token opens a session as that device.
@@ -165,7 +165,7 @@ func TestAdminCLI(t *testing.T) {
 		t.Errorf("welcome = user %q scope %v, want anouk [Ondiep Zuilen]", w.User, w.Scope.Areas)
 	}
 	servertest.Until[*syncproto.CaughtUp](c)
-	devs = decodeJSON[[]deviceJSON](t, "device list --json", d.mustAdmin(t, "device", "list", "--json").stdout)
+	devs = decodeJSON[[]deviceJSON](t, "device list --json", d.mustAdmin(t, "device", "list", "--json").Stdout)
 	if len(devs) != 1 || !devs[0].Online {
 		t.Errorf("device list --json during a session = %+v, want online", devs)
 	}
@@ -176,16 +176,16 @@ func TestAdminCLI(t *testing.T) {
 	if !slices.Equal(up.Lost, []string{"Ondiep"}) {
 		t.Errorf("scope update after set-areas = %+v, want Ondiep lost", up)
 	}
-	users = decodeJSON[[]userJSON](t, "user list --json", d.mustAdmin(t, "user", "list", "--json").stdout)
+	users = decodeJSON[[]userJSON](t, "user list --json", d.mustAdmin(t, "user", "list", "--json").Stdout)
 	if i := slices.IndexFunc(users, func(u userJSON) bool { return u.Name == "anouk" }); i < 0 || !slices.Equal(users[i].Areas, []string{"Zuilen"}) {
 		t.Errorf("after set-areas, user list = %+v, want anouk [Zuilen]", users)
 	}
 
-	if r := d.mustAdmin(t, "conflicts", "--json"); strings.TrimSpace(r.stdout) != "[]" {
-		t.Errorf("conflicts --json = %q, want []", r.stdout)
+	if r := d.mustAdmin(t, "conflicts", "--json"); strings.TrimSpace(r.Stdout) != "[]" {
+		t.Errorf("conflicts --json = %q, want []", r.Stdout)
 	}
-	if r := d.mustAdmin(t, "conflicts", "--area", "Zuilen", "--json"); strings.TrimSpace(r.stdout) != "[]" {
-		t.Errorf("conflicts --area Zuilen --json = %q, want []", r.stdout)
+	if r := d.mustAdmin(t, "conflicts", "--area", "Zuilen", "--json"); strings.TrimSpace(r.Stdout) != "[]" {
+		t.Errorf("conflicts --area Zuilen --json = %q, want []", r.Stdout)
 	}
 
 	// Revoking ends the live session and refuses the token from then on.
@@ -193,7 +193,7 @@ func TestAdminCLI(t *testing.T) {
 	if _, code := c.ExpectClose(); code != syncproto.CloseRevoked {
 		t.Errorf("revoked session closed with %d, want %d", code, syncproto.CloseRevoked)
 	}
-	devs = decodeJSON[[]deviceJSON](t, "device list --json", d.mustAdmin(t, "device", "list", "--json").stdout)
+	devs = decodeJSON[[]deviceJSON](t, "device list --json", d.mustAdmin(t, "device", "list", "--json").Stdout)
 	if len(devs) != 1 || devs[0].Revoked == "" {
 		t.Errorf("device list --json after revoke = %+v, want revoked set", devs)
 	}
@@ -224,16 +224,16 @@ func TestAdminCLI(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runIn(t, "", nil, append([]string{"admin"}, tc.args...)...)
-			if r.code == 0 {
-				t.Fatalf("exit 0, want failure; stdout %q", r.stdout)
+			if r.Code == 0 {
+				t.Fatalf("exit 0, want failure; stdout %q", r.Stdout)
 			}
 			for _, w := range tc.want {
-				if !strings.Contains(r.stderr, w) {
-					t.Errorf("stderr %q does not mention %q", r.stderr, w)
+				if !strings.Contains(r.Stderr, w) {
+					t.Errorf("stderr %q does not mention %q", r.Stderr, w)
 				}
 			}
-			if r.stdout != "" {
-				t.Errorf("a failed command printed %q on stdout", r.stdout)
+			if r.Stdout != "" {
+				t.Errorf("a failed command printed %q on stdout", r.Stdout)
 			}
 		})
 	}
@@ -270,14 +270,14 @@ func TestUsageErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
 			r := runIn(t, "", nil, tc.args...)
-			if r.code != tc.code {
-				t.Errorf("casesyncd %v: exit %d, want %d\nstdout: %s\nstderr: %s", tc.args, r.code, tc.code, r.stdout, r.stderr)
+			if r.Code != tc.code {
+				t.Errorf("casesyncd %v: exit %d, want %d\nstdout: %s\nstderr: %s", tc.args, r.Code, tc.code, r.Stdout, r.Stderr)
 			}
-			if !strings.Contains(r.stderr, tc.stderr) {
-				t.Errorf("stderr %q does not contain %q", r.stderr, tc.stderr)
+			if !strings.Contains(r.Stderr, tc.stderr) {
+				t.Errorf("stderr %q does not contain %q", r.Stderr, tc.stderr)
 			}
-			if !strings.Contains(r.stdout, tc.stdout) {
-				t.Errorf("stdout %q does not contain %q", r.stdout, tc.stdout)
+			if !strings.Contains(r.Stdout, tc.stdout) {
+				t.Errorf("stdout %q does not contain %q", r.Stdout, tc.stdout)
 			}
 			if time.Since(start) > 10*time.Second {
 				t.Errorf("took %s: a usage error must not wait for anything", time.Since(start))
@@ -345,11 +345,11 @@ func TestEnvOverrides(t *testing.T) {
 				aenv = append(aenv, "CASESYNC_ADMIN_TOKEN_FILE="+d.TokenFile())
 			}
 			r := runIn(t, cwd, aenv, "admin", "user", "add", "anouk", "--role", "caseworker", "--areas", "Zuilen")
-			if r.code != 0 {
-				t.Fatalf("admin with env: exit %d: %s", r.code, r.stderr)
+			if r.Code != 0 {
+				t.Fatalf("admin with env: exit %d: %s", r.Code, r.Stderr)
 			}
 			r = runIn(t, cwd, aenv, "admin", "user", "list", "--json")
-			if users := decodeJSON[[]userJSON](t, "user list", r.stdout); len(users) != 1 || users[0].Name != "anouk" {
+			if users := decodeJSON[[]userJSON](t, "user list", r.Stdout); len(users) != 1 || users[0].Name != "anouk" {
 				t.Errorf("user list via env = %+v", users)
 			}
 			d.stop(t)
@@ -399,7 +399,7 @@ func TestSecondInstance(t *testing.T) {
 	if b, _ := os.ReadFile(first.TokenFile()); string(b) != string(tokenBefore) {
 		t.Error("the second casesyncd rewrote admin.token")
 	}
-	users := decodeJSON[[]userJSON](t, "user list", first.mustAdmin(t, "user", "list", "--json").stdout)
+	users := decodeJSON[[]userJSON](t, "user list", first.mustAdmin(t, "user", "list", "--json").Stdout)
 	if len(users) != 1 {
 		t.Errorf("first casesyncd lists %d users, want 1", len(users))
 	}

@@ -8,8 +8,6 @@
 package main_test
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,13 +19,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/casesync/casesync/internal/testbin"
 	"github.com/casesync/casesync/server/servertest"
 	"github.com/casesync/casesync/syncproto"
 )
@@ -41,15 +39,13 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "casesyncd tests:", err)
 		os.Exit(1)
 	}
-	bin = filepath.Join(dir, "casesyncd")
-	args := []string{"build", "-o", bin}
+	var flags []string
 	if raceEnabled {
-		args = append(args, "-race")
+		flags = append(flags, "-race")
 	}
-	build := exec.Command("go", append(args, ".")...)
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "casesyncd tests: go build:", err)
+	bin, err = testbin.Build(dir, "github.com/casesync/casesync/cmd/casesyncd", flags...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "casesyncd tests:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
@@ -81,81 +77,37 @@ func freeAddr(t *testing.T) string {
 // so that a developer's settings cannot change what a test runs. A
 // race-enabled casesyncd does not linger a second at exit.
 func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CASESYNC_") && !strings.HasPrefix(kv, "GORACE=") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, "GORACE=atexit_sleep_ms=0")
+	return testbin.CleanEnv([]string{"CASESYNC_", "GORACE="}, "GORACE=atexit_sleep_ms=0")
 }
 
-// lockedBuffer collects a process's output while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// daemon is a running casesyncd.
+// daemon is a running casesyncd: its testbin.Proc (Output, Done, Err, ...)
+// and where it serves.
 type daemon struct {
-	cmd  *exec.Cmd
+	*testbin.Proc
 	Addr string // host:port it was told to listen on
 	URL  string // http://Addr
 	WS   string // ws://Addr/v1/sync
 	Data string // its data directory
-	out  *lockedBuffer
-	done chan struct{} // closed when the process has exited
-	err  error         // cmd.Wait's result, once done is closed
 }
 
 // launch starts casesyncd with args and extra environment in working
 // directory dir (a new temporary directory if empty), without waiting for
 // it. addr and data are what the test expects it to use. The process is
-// killed when the test ends if it is still running.
+// killed when the test ends if it is still running, and a data race it
+// reports fails the test.
 func launch(t *testing.T, dir, addr, data string, env []string, args ...string) *daemon {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Env = append(cleanEnv(), env...)
-	d := &daemon{
-		cmd: cmd, Addr: addr, URL: "http://" + addr, WS: "ws://" + addr + "/v1/sync", Data: data,
-		out: &lockedBuffer{}, done: make(chan struct{}),
-	}
-	cmd.Stdout, cmd.Stderr = d.out, d.out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start casesyncd: %v", err)
-	}
-	go func() { d.err = cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-d.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-d.done
-		}
-		out := d.Output()
-		if strings.Contains(out, "WARNING: DATA RACE") {
-			t.Errorf("casesyncd (%v) reported a data race:\n%s", args, out)
-		} else if t.Failed() {
-			t.Logf("casesyncd %v output:\n%s", args, out)
+	p := testbin.Start(t, fmt.Sprintf("casesyncd %v", args), testbin.Cmd{Path: bin, Args: args, Env: append(cleanEnv(), env...), Dir: dir})
+	t.Cleanup(func() { // before testbin's cleanup, which logs the output if the test failed
+		p.Kill()
+		if out := p.Output(); strings.Contains(out, "WARNING: DATA RACE") {
+			t.Errorf("%s reported a data race:\n%s", p.Name(), out)
 		}
 	})
-	return d
+	return &daemon{Proc: p, Addr: addr, URL: "http://" + addr, WS: "ws://" + addr + "/v1/sync", Data: data}
 }
 
 // start runs casesyncd --addr A --data data on a free port, plus extra
@@ -173,9 +125,6 @@ func startAt(t *testing.T, addr, data string, extra ...string) *daemon {
 	return d
 }
 
-// Output returns everything the process wrote to stdout and stderr.
-func (d *daemon) Output() string { return d.out.String() }
-
 // TokenFile is the admin token file in the data directory.
 func (d *daemon) TokenFile() string { return filepath.Join(d.Data, "admin.token") }
 
@@ -183,25 +132,20 @@ func (d *daemon) TokenFile() string { return filepath.Join(d.Data, "admin.token"
 // process exits first or the deadline passes.
 func (d *daemon) waitReady(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	err := d.WaitFor(20*time.Second, func() error {
 		resp, err := httpc.Get(d.URL + "/readyz")
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			err = errors.New(resp.Status)
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("casesyncd at %s not ready after 20 s: %v\n%s", d.URL, err, d.Output())
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
 		}
-		select {
-		case <-d.done:
-			t.Fatalf("casesyncd exited before it was ready: %v\n%s", d.err, d.Output())
-		case <-time.After(10 * time.Millisecond):
-		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("casesyncd at %s not ready: %v\n%s", d.URL, err, d.Output())
 	}
 }
 
@@ -210,77 +154,83 @@ func (d *daemon) waitReady(t *testing.T) {
 func (d *daemon) wait(t *testing.T, timeout time.Duration) int {
 	t.Helper()
 	select {
-	case <-d.done:
+	case <-d.Done():
 	case <-time.After(timeout):
 		t.Fatalf("casesyncd still running %s later\n%s", timeout, d.Output())
 	}
-	return exitCode(t, d.err)
+	return exitCode(t, d.Err())
 }
 
-// signal sends sig to the process.
-func (d *daemon) signal(t *testing.T, sig syscall.Signal) {
+// running fails the test if the process has exited before the test sends
+// it sig.
+func (d *daemon) running(t *testing.T, sig syscall.Signal) {
 	t.Helper()
-	if err := d.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("signal %v: %v", sig, err)
+	if d.Exited() {
+		t.Fatalf("signal %v: casesyncd has already exited (%v)\n%s", sig, d.Err(), d.Output())
 	}
+}
+
+// sigterm sends SIGTERM and returns without waiting for the exit (wait
+// does that). testbin's Stop signals and then waits, so it runs on a
+// goroutine of its own, with a timeout no test waits as long for; the
+// process is killed when the test ends at the latest, which ends it.
+func (d *daemon) sigterm(t *testing.T) {
+	t.Helper()
+	d.running(t, syscall.SIGTERM)
+	go d.Stop(10 * time.Minute)
 }
 
 // kill9 kills the process with SIGKILL and waits until it is gone.
 func (d *daemon) kill9(t *testing.T) {
 	t.Helper()
-	d.signal(t, syscall.SIGKILL)
-	<-d.done
+	d.running(t, syscall.SIGKILL)
+	d.Kill()
 }
 
 // stop sends SIGTERM and requires a clean exit.
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
-	d.signal(t, syscall.SIGTERM)
-	if code := d.wait(t, 30*time.Second); code != 0 {
+	d.running(t, syscall.SIGTERM)
+	code, err := d.Stop(30 * time.Second)
+	if err != nil {
+		t.Fatalf("casesyncd after SIGTERM: %v\n%s", err, d.Output())
+	}
+	if code != 0 {
 		t.Fatalf("casesyncd exited %d after SIGTERM, want 0\n%s", code, d.Output())
 	}
 }
 
+// exitCode is testbin.ExitCode with these tests' convention: a process
+// killed by a signal has exit code -1 (the caller decides whether that is
+// a failure); any other error than an exit status fails the test.
 func exitCode(t *testing.T, err error) int {
 	t.Helper()
+	code, xerr := testbin.ExitCode(err)
 	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &ee):
-		return ee.ExitCode()
+	if xerr != nil && !errors.As(err, &ee) {
+		t.Fatalf("process: %v", xerr)
 	}
-	t.Fatalf("process: %v", err)
-	return -1
+	return code
 }
 
 // result is what a short-lived casesyncd invocation did.
-type result struct {
-	stdout, stderr string
-	code           int
-}
+type result = testbin.Result
 
 // runIn runs casesyncd to completion in directory dir (a new temporary one
-// if empty) with extra environment.
+// if empty) with extra environment. It fails the test if casesyncd did not
+// finish in 60 s (or was killed, or did not start: testbin.Run's exit code
+// -1).
 func runIn(t *testing.T, dir string, env []string, args ...string) result {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Dir = dir
-	cmd.Env = append(cleanEnv(), env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		t.Fatalf("casesyncd %v did not finish in 60 s", args)
+	r := testbin.Run(60*time.Second, testbin.Cmd{Path: bin, Args: args, Env: append(cleanEnv(), env...), Dir: dir})
+	if r.Code == -1 {
+		t.Fatalf("casesyncd %v did not finish in 60 s\n%v", args, r)
 	}
-	r := result{stdout: stdout.String(), stderr: stderr.String(), code: exitCode(t, err)}
-	if strings.Contains(r.stderr, "WARNING: DATA RACE") {
-		t.Errorf("casesyncd %v reported a data race:\n%s", args, r.stderr)
+	if strings.Contains(r.Stderr, "WARNING: DATA RACE") {
+		t.Errorf("casesyncd %v reported a data race:\n%s", args, r.Stderr)
 	}
 	return r
 }
@@ -295,8 +245,8 @@ func (d *daemon) admin(t *testing.T, args ...string) result {
 func (d *daemon) mustAdmin(t *testing.T, args ...string) result {
 	t.Helper()
 	r := d.admin(t, args...)
-	if r.code != 0 {
-		t.Fatalf("casesyncd admin %v: exit %d\nstdout: %s\nstderr: %s", args, r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("casesyncd admin %v: exit %d\nstdout: %s\nstderr: %s", args, r.Code, r.Stdout, r.Stderr)
 	}
 	return r
 }
@@ -316,8 +266,8 @@ func (d *daemon) enroll(t *testing.T, user, label string) (id, token string) {
 	t.Helper()
 	r := d.mustAdmin(t, "device", "enroll", user, "--label", label, "--json")
 	var e enrollment
-	if err := json.Unmarshal([]byte(r.stdout), &e); err != nil {
-		t.Fatalf("device enroll --json: %v\n%s", err, r.stdout)
+	if err := json.Unmarshal([]byte(r.Stdout), &e); err != nil {
+		t.Fatalf("device enroll --json: %v\n%s", err, r.Stdout)
 	}
 	if e.Device.ID == "" || !strings.HasPrefix(e.Token, "cs_") || e.Device.User != user {
 		t.Fatalf("device enroll --json = %+v", e)

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,8 +28,8 @@ func TestGracefulShutdown(t *testing.T) {
 	data := t.TempDir()
 	d := start(t, data)
 	d.mustAdmin(t, "user", "add", "anouk", "--role", "caseworker", "--areas", "Zuilen")
-	token := strings.TrimSpace(d.mustAdmin(t, "device", "enroll", "anouk", "--label", "laptop").stdout)
-	devs := decodeJSON[[]deviceJSON](t, "device list", d.mustAdmin(t, "device", "list", "--json").stdout)
+	token := strings.TrimSpace(d.mustAdmin(t, "device", "enroll", "anouk", "--label", "laptop").Stdout)
+	devs := decodeJSON[[]deviceJSON](t, "device list", d.mustAdmin(t, "device", "list", "--json").Stdout)
 	if len(devs) != 1 {
 		t.Fatalf("device list = %+v", devs)
 	}
@@ -45,7 +44,7 @@ func TestGracefulShutdown(t *testing.T) {
 	// A push the server may be applying when the signal arrives.
 	inflight := newEntry(2, clock, "note1", "case1", "anouk", "written as the server stops")
 	c.Send(&syncproto.Push{Changes: []syncproto.Change{inflight}})
-	d.signal(t, syscall.SIGTERM)
+	d.sigterm(t)
 
 	var acked []uint64
 	var code int
@@ -184,7 +183,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	if err := os.WriteFile(badTok, []byte(bogusAdmin+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if r := runIn(t, "", nil, "admin", "--server", d.URL, "--token-file", badTok, "user", "list"); r.code == 0 {
+	if r := runIn(t, "", nil, "admin", "--server", d.URL, "--token-file", badTok, "user", "list"); r.Code == 0 {
 		t.Error("a wrong admin token was accepted")
 	}
 	d.mustAdmin(t, "user", "set-areas", user, "--areas", "Zuilen,Ondiep")

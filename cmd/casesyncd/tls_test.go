@@ -112,14 +112,14 @@ func TestTLS(t *testing.T) {
 	// device work over TLS.
 	env := []string{"SSL_CERT_FILE=" + certFile}
 	tokenFile := filepath.Join(data, "admin.token")
-	if r := runIn(t, "", env, "admin", "--server", base, "--token-file", tokenFile, "user", "add", "anouk", "--role", "caseworker", "--areas", "Zuilen"); r.code != 0 {
-		t.Fatalf("admin user add over https: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := runIn(t, "", env, "admin", "--server", base, "--token-file", tokenFile, "user", "add", "anouk", "--role", "caseworker", "--areas", "Zuilen"); r.Code != 0 {
+		t.Fatalf("admin user add over https: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	r := runIn(t, "", env, "admin", "--server", base, "--token-file", tokenFile, "device", "enroll", "anouk", "--json")
-	if r.code != 0 {
-		t.Fatalf("admin device enroll over https: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r.Code != 0 {
+		t.Fatalf("admin device enroll over https: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	e := decodeJSON[enrollment](t, "device enroll", r.stdout)
+	e := decodeJSON[enrollment](t, "device enroll", r.Stdout)
 
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+e.Token)
