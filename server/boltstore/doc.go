@@ -21,11 +21,12 @@
 // Keys are bytes; sequences are big-endian uint64 so that cursors iterate in
 // order. A record key is its collection, "/", and its ID ("cases/c-1").
 //
-//	meta                  format → "1", server_id, epoch → 16 hex chars,
+//	meta                  format → "2", server_id, epoch → 16 hex chars,
 //	                      head → the highest sequence assigned (NextSeq)
 //	log                   seq → LogEntry (JSON); append-only, FillPercent 1
 //	records               key → seq (8) | uvarint len | area | uvarint len |
-//	                      case ID | Record (JSON)
+//	                      case ID | state: Record (JSON), or, for a record
+//	                      one write made, its compact form (compact.go)
 //	areas/<area>/idx      seq → 0x00 key            the record, filed here
 //	                      seq → 0x01 uvarint len key | destination area
 //	                                                an eviction marker

@@ -58,17 +58,18 @@ type recordHead struct {
 	caseID string // entries only: the case the entry is indexed under
 }
 
-// encodeRecord returns a records value: head, then the record's JSON.
-func encodeRecord(h recordHead, js []byte) []byte {
-	b := make([]byte, 0, 8+2+len(h.area)+2+len(h.caseID)+len(js))
+// encodeRecord returns a records value: head, then the record's state, its
+// JSON or its compact form (compact.go).
+func encodeRecord(h recordHead, state []byte) []byte {
+	b := make([]byte, 0, 8+2+len(h.area)+2+len(h.caseID)+len(state))
 	b = binary.BigEndian.AppendUint64(b, h.seq)
 	b = appendString(b, h.area)
 	b = appendString(b, h.caseID)
-	return append(b, js...)
+	return append(b, state...)
 }
 
-// decodeRecord splits a records value into its head and JSON; the JSON
-// aliases v.
+// decodeRecord splits a records value into its head and state; the state
+// aliases v. recordJSON gives the state's JSON.
 func decodeRecord(v []byte) (recordHead, []byte, error) {
 	var h recordHead
 	if len(v) < 8 {

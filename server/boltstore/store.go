@@ -21,8 +21,14 @@ import (
 var _ server.Store = (*Store)(nil)
 
 // formatVersion is the layout version kept in meta/format. Open refuses a
-// file with another version instead of misreading it.
-const formatVersion = "1"
+// file with another version instead of misreading it, except format 1,
+// which format 2 reads as it is (2 added the compact record state,
+// compact.go): Open marks such a file 2, so that an older casesyncd, which
+// cannot read compact states, refuses it rather than calling them corrupt.
+const (
+	formatVersion = "2"
+	formatV1      = "1"
+)
 
 // Top-level bucket names; see the package documentation.
 var (
@@ -205,8 +211,12 @@ func initLayout(tx *bolt.Tx) (meta server.Meta, created bool, err error) {
 			return meta, false, errors.New("file is a bbolt database but not a casesync server store")
 		}
 		created = true
-	} else if f := string(m.Get(metaFormat)); f != formatVersion {
-		return meta, false, fmt.Errorf("store format %q is not the supported %q", f, formatVersion)
+	} else if f := string(m.Get(metaFormat)); f == formatV1 {
+		if err := m.Put(metaFormat, []byte(formatVersion)); err != nil {
+			return meta, false, fmt.Errorf("mark format %s: %w", formatVersion, err)
+		}
+	} else if f != formatVersion {
+		return meta, false, fmt.Errorf("store format %q is not the supported %q (or %q)", f, formatVersion, formatV1)
 	}
 	for _, name := range allBuckets {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
