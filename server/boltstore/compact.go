@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/casesync/casesync/syncproto"
 )
@@ -81,18 +82,31 @@ func compactRecord(r *syncproto.Record, js []byte) ([]byte, bool) {
 		b = appendString(b, name)
 		b = appendBytes(b, r.Fields[name].Values[0].Data)
 	}
-	exp, err := expandCompact(r.Key(), r.Area, b)
-	if err != nil || !bytes.Equal(exp, js) {
+	buf := scratch.Get().(*[]byte)
+	exp, err := appendExpanded((*buf)[:0], r.Key(), r.Area, b)
+	same := err == nil && bytes.Equal(exp, js)
+	*buf = exp[:0]
+	scratch.Put(buf)
+	if !same {
 		return nil, false
 	}
 	return b, true
 }
+
+// scratch holds buffers for compactRecord's check, so that the store's
+// writer does not allocate an expansion per record only to compare it.
+var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
 // expandCompact returns the JSON of a compact state of the record k,
 // filed under area: what syncproto.Marshal gave for the record when it was
 // compacted. Strings are written between quotes as they are; compactRecord
 // keeps the compact form only of records for which that is their JSON.
 func expandCompact(k syncproto.Key, area string, body []byte) ([]byte, error) {
+	return appendExpanded(nil, k, area, body)
+}
+
+// appendExpanded appends expandCompact's JSON to out.
+func appendExpanded(out []byte, k syncproto.Key, area string, body []byte) ([]byte, error) {
 	if len(body) == 0 || body[0] != compactTag {
 		return nil, fmt.Errorf("%w: record state is not in the compact form", ErrCorrupt)
 	}
@@ -113,7 +127,8 @@ func expandCompact(k syncproto.Key, area string, body []byte) ([]byte, error) {
 	rest = rest[w:]
 
 	// What every field's state repeats around its value.
-	var pre, suf []byte
+	var preBuf, sufBuf [128]byte
+	pre, suf := preBuf[:0], sufBuf[:0]
 	pre = append(pre, `{"vals":[{"dev":"`...)
 	pre = append(pre, dev...)
 	pre = append(pre, `","seq":`...)
@@ -127,7 +142,7 @@ func expandCompact(k syncproto.Key, area string, body []byte) ([]byte, error) {
 	suf = strconv.AppendUint(suf, seq, 10)
 	suf = append(suf, `}}`...)
 
-	out := make([]byte, 0, 48+len(k.Collection)+len(k.ID)+len(area)+len(rest)+int(n)*(len(pre)+len(suf)+4))
+	out = slices.Grow(out, 48+len(k.Collection)+len(k.ID)+len(area)+len(rest)+int(n)*(len(pre)+len(suf)+4))
 	out = append(out, `{"coll":"`...)
 	out = append(out, k.Collection...)
 	out = append(out, `","id":"`...)
