@@ -104,9 +104,10 @@ type Client struct {
 	ids   *syncproto.IDGenerator
 	codec *syncproto.Codec
 
-	mu    sync.Mutex // guards st, wiped; held only briefly
-	st    *store
-	wiped bool
+	mu      sync.Mutex // guards st, revoked; held only briefly
+	st      *store
+	ks      keySource
+	revoked *RevokedError // set once the replica was wiped after revocation (revoked.go)
 
 	syncMu sync.Mutex // one sync session at a time
 
@@ -132,6 +133,13 @@ func Open(dir string, opts *Options) (*Client, error) {
 		return nil, fmt.Errorf("client: create %s: %w", dir, err)
 	}
 	ks := keySource{passphrase: []byte(o.Passphrase), keyFile: o.KeyFile, kdf: o.KDF}
+	n, err := readNotice(dir)
+	if err != nil {
+		return nil, err
+	}
+	if n != nil {
+		return openRevoked(dir, o, ks, n)
+	}
 	st, err := openStore(filepath.Join(dir, StoreFile), ks, o.LockTimeout)
 	if err != nil {
 		return nil, err
@@ -145,7 +153,7 @@ func Open(dir string, opts *Options) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{
-		opts: o, dir: dir, log: o.Logger, st: st, codec: codec,
+		opts: o, dir: dir, log: o.Logger, st: st, ks: ks, codec: codec,
 		ids:  syncproto.NewIDGenerator(o.Now),
 		subs: make(map[chan Event]struct{}),
 		kick: make(chan struct{}, 1),
@@ -159,6 +167,46 @@ func Open(dir string, opts *Options) (*Client, error) {
 	c.clock = syncproto.NewClock(o.Now, m.ClockLast)
 	c.clock.SetOffset(time.Duration(m.ClockOffsetMS) * time.Millisecond)
 	return c, nil
+}
+
+// openRevoked opens a client directory that holds a revocation notice: it
+// finishes the wipe if a replica is still there, and returns a client
+// whose every use but Enroll and Close answers the notice's
+// *RevokedError.
+func openRevoked(dir string, o Options, ks keySource, n *notice) (*Client, error) {
+	if err := wipeStore(filepath.Join(dir, StoreFile)); err != nil {
+		return nil, fmt.Errorf("client: this device was revoked, and its replica is not wiped yet: %w", err)
+	}
+	codec, err := syncproto.NewCodec(0)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		opts: o, dir: dir, log: o.Logger, ks: ks, codec: codec, revoked: n.err(),
+		ids:   syncproto.NewIDGenerator(o.Now),
+		clock: syncproto.NewClock(o.Now, 0),
+		subs:  make(map[chan Event]struct{}),
+		kick:  make(chan struct{}, 1),
+	}, nil
+}
+
+// reopenRevoked gives a revoked client a new, empty replica to enroll,
+// and reports whether it did.
+func (c *Client) reopenRevoked() (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.revoked == nil {
+		return false, nil
+	}
+	st, err := openStore(filepath.Join(c.dir, StoreFile), c.ks, c.opts.LockTimeout)
+	if err != nil {
+		return false, err
+	}
+	if c.opts.Shared {
+		st.share()
+	}
+	c.st, c.revoked = st, nil
+	return true, nil
 }
 
 // Close closes the replica. Pending changes stay in the outbox.
@@ -184,12 +232,13 @@ func (c *Client) Close() error {
 	return err
 }
 
-// store returns the open store, or ErrClosed (or ErrRevoked after a wipe).
+// store returns the open store, or ErrClosed (or a *RevokedError after
+// a wipe).
 func (c *Client) store() (*store, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.wiped {
-		return nil, ErrRevoked
+	if c.revoked != nil {
+		return nil, c.revoked
 	}
 	if c.st == nil {
 		return nil, ErrClosed
@@ -229,6 +278,8 @@ type RevokedError struct {
 	// still listed for the user ('casesync rejected'): they never reached
 	// the server either, and went with the replica.
 	Rejected int
+	// At is when the replica was wiped.
+	At time.Time
 }
 
 func (e *RevokedError) Error() string {
@@ -285,7 +336,13 @@ func (c *Client) Enroll(ctx context.Context, serverURL, token string) error {
 	if err := json.Unmarshal(body, &id); err != nil || !syncproto.ValidID(id.Device) {
 		return fmt.Errorf("client: enroll: unexpected answer from %s", base)
 	}
-	return c.update(func(tx *stx) error {
+	// A revoked laptop the office enrolls again starts from an empty
+	// replica; the notice goes once the new enrollment is stored.
+	reopened, err := c.reopenRevoked()
+	if err != nil {
+		return err
+	}
+	err = c.update(func(tx *stx) error {
 		m, err := tx.meta()
 		if err != nil {
 			return err
@@ -305,6 +362,10 @@ func (c *Client) Enroll(ctx context.Context, serverURL, token string) error {
 		}
 		return tx.putMeta(m)
 	})
+	if err != nil || !reopened {
+		return err
+	}
+	return removeNotice(c.dir)
 }
 
 // Event tells a subscriber that records changed.

@@ -201,29 +201,43 @@ func (c *Client) terminal(err error) error {
 }
 
 // wipe deletes the replica after revocation and reports what was lost.
+// The notice it leaves (revoked.go) is written first, so that a wipe cut
+// short is finished by the next Open, and the user learns of it even if
+// this process dies before saying so.
 func (c *Client) wipe() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.wiped || c.st == nil {
-		return ErrRevoked
+	if c.revoked != nil {
+		return c.revoked
 	}
-	var lost, rejected int
+	if c.st == nil {
+		return ErrClosed
+	}
+	var n notice
 	_ = c.st.view(func(tx *stx) error {
-		lost, _ = tx.outboxLen()
-		rejected, _ = tx.count(bucketRejected)
+		n.Lost, _ = tx.outboxLen()
+		n.Rejected, _ = tx.count(bucketRejected)
+		if m, err := tx.meta(); err == nil {
+			n.Device, n.User = m.Device, m.User
+		}
 		return nil
 	})
+	n.At = c.opts.Now().UTC()
+	if err := writeNotice(c.dir, n); err != nil {
+		// Nothing is wiped yet: the next contact with the server tries again.
+		return fmt.Errorf("client: this device was revoked, but %w", err)
+	}
 	path := c.st.path()
 	if err := c.st.close(); err != nil {
 		c.log.Error("close store before wipe", "err", err)
 	}
 	c.st = nil
-	c.wiped = true
+	c.revoked = n.err()
 	if err := wipeStore(path); err != nil {
-		return fmt.Errorf("client: device revoked, but wiping %s failed: %w", path, err)
+		return fmt.Errorf("client: device revoked, but wiping %s failed (the next start finishes it): %w", path, err)
 	}
-	c.log.Warn("device revoked by the server; local store wiped", "lost_changes", lost, "rejected_changes", rejected)
-	return &RevokedError{Lost: lost, Rejected: rejected}
+	c.log.Warn("device revoked by the server; local store wiped", "lost_changes", n.Lost, "rejected_changes", n.Rejected)
+	return c.revoked
 }
 
 func (c *Client) compact() {

@@ -436,10 +436,6 @@ func cmdSync(e *env, args []string) error {
 		_ = bar.Finish()
 	}
 	if err != nil {
-		var re *client.RevokedError
-		if errors.As(err, &re) {
-			return fmt.Errorf("this device was revoked by the office; its local data was wiped (%s)", re.Counts())
-		}
 		if errors.Is(err, client.ErrUnreachable) {
 			return fmt.Errorf("%w\nyour local data is untouched; changes stay queued until the next sync", err)
 		}
@@ -477,11 +473,7 @@ func cmdRun(e *env, args []string) error {
 	for {
 		select {
 		case err := <-done:
-			var re *client.RevokedError
-			if errors.As(err, &re) {
-				return fmt.Errorf("this device was revoked by the office; its local data was wiped (%s)", re.Counts())
-			}
-			return err
+			return err // a *client.RevokedError is told by main
 		case ev, ok := <-events:
 			if !ok {
 				events = nil

@@ -31,15 +31,30 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	var re *client.RevokedError
 	switch {
 	case err == nil:
 	case errors.Is(err, flag.ErrHelp):
 	case errors.Is(err, errUsage):
 		os.Exit(2)
+	case errors.As(err, &re):
+		fmt.Fprintln(os.Stderr, "casesync:", revokedMessage(re))
+		os.Exit(1)
 	default:
 		fmt.Fprintln(os.Stderr, "casesync:", err)
 		os.Exit(1)
 	}
+}
+
+// revokedMessage tells the user, in any command after the wipe as in the
+// one that made it, what revocation took and what to do next.
+func revokedMessage(re *client.RevokedError) string {
+	when := ""
+	if !re.At.IsZero() {
+		when = " on " + re.At.Local().Format("2006-01-02 15:04")
+	}
+	return fmt.Sprintf("this device was revoked by the office; its local data was wiped%s (%s). "+
+		"To use this laptop again, ask for a new device token and run 'casesync enroll --server URL --token T'", when, re.Counts())
 }
 
 var errUsage = errors.New("usage")

@@ -285,7 +285,8 @@ func TestBackAtTheOffice(t *testing.T) {
 }
 
 // TestLostLaptop: a revoked device's next sync wipes its replica and says
-// how many unsynced changes went with it.
+// how many unsynced changes went with it; so does every command after it,
+// until the laptop is enrolled again.
 func TestLostLaptop(t *testing.T) {
 	s := servertest.NewServer(t, nil)
 	s.AddUser("anouk", "caseworker", "Zuilen")
@@ -315,11 +316,22 @@ func TestLostLaptop(t *testing.T) {
 	if recs, head := serverRecords(t, s); len(recs) != 0 || head != 0 {
 		t.Fatalf("the server got %d records (head %d) from a revoked device", len(recs), head)
 	}
-	if st := a.status(); st.Enrolled || st.Pending != 0 {
-		t.Fatalf("status after the wipe: %+v, want not enrolled", st)
+	// Every later command says what happened and what to do, with the
+	// same counts: the notice the wipe left, which holds no case data (the
+	// filesContain check above read it too).
+	for _, args := range [][]string{{"status"}, {"sync"}, {"cases"}, {"note", "add", caseID, "--kind", "note", "--text", "x"}} {
+		r := a.run(nil, args...)
+		if r.Code == 0 || !strings.Contains(r.Stderr, "revoked by the office") || !strings.Contains(r.Stderr, "2 unsynced changes lost") ||
+			!strings.Contains(r.Stderr, "casesync enroll") {
+			t.Errorf("casesync %v after the wipe: %v, want the revocation notice", args, r)
+		}
 	}
-	if r := a.run(nil, "sync"); r.Code == 0 || !strings.Contains(r.Stderr, "not enrolled") {
-		t.Fatalf("sync after the wipe: %v", r)
+	// The office gives the laptop back with a new token.
+	if id := a.enroll(s, "anouk"); id == dev {
+		t.Errorf("enrolled again as the revoked device %s", dev)
+	}
+	if st := a.status(); !st.Enrolled || st.Pending != 0 {
+		t.Errorf("status after enrolling again: %+v", st)
 	}
 }
 

@@ -347,6 +347,72 @@ func TestRevoked(t *testing.T) {
 	if _, err := d.Sync(ctx, nil); !errors.Is(err, client.ErrRevoked) {
 		t.Errorf("syncing after the wipe: %v, want ErrRevoked", err)
 	}
+
+	// The next start (the lid was closed before anyone read the message)
+	// still says what happened: the notice the wipe left.
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := client.Open(d.Dir, testOptions())
+	if err != nil {
+		t.Fatalf("Open after the wipe: %v", err)
+	}
+	defer again.Close()
+	var told *client.RevokedError
+	if _, err := again.Status(ctx); !errors.As(err, &told) || told.Lost != 3 || told.Rejected != 1 || told.At.IsZero() {
+		t.Errorf("Status after reopening: %v, want the revocation with 3 lost, 1 rejected and its time", err)
+	}
+	if _, err := again.Find(ctx, caseID); !errors.Is(err, client.ErrRevoked) {
+		t.Errorf("reading after reopening: %v, want ErrRevoked", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("store file after reopening: %v, want none", err)
+	}
+
+	// The office gives the laptop back with a new token: it starts from an
+	// empty replica, and the notice is gone.
+	_, tok := s.Enroll("anouk")
+	if err := again.Enroll(ctx, s.URL, tok); err != nil {
+		t.Fatalf("enroll after revocation: %v", err)
+	}
+	if st, err := again.Status(ctx); err != nil || !st.Enrolled || st.Pending != 0 || st.Rejected != 0 {
+		t.Errorf("status after enrolling again: %+v, %v", st, err)
+	}
+	if _, err := os.Stat(filepath.Join(d.Dir, client.RevokedFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("revocation notice after enrolling again: %v, want it gone", err)
+	}
+	if res := mustSync(t, again); res.Pulled != 1 { // the Zuilen case; Ondiep is no longer hers
+		t.Errorf("first sync after enrolling again: %+v, want the one case pulled", res)
+	}
+}
+
+// A wipe cut short (the process died after writing its notice, or another
+// process held the replica) is finished by the next Open.
+func TestRevokedWipeFinishedOnOpen(t *testing.T) {
+	ctx := context.Background()
+	s := servertest.NewServer(t, nil)
+	s.AddUser("anouk", "caseworker", "Zuilen")
+	d := openDevice(t, s, "anouk", s.URL, nil)
+	mustCreateCase(t, d.Client, map[string]any{"area": "Zuilen", "title": "Left on the tram"})
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	notice := `{"device":"` + d.ID + `","user":"anouk","at":"2026-12-04T09:30:00Z","lost":1,"rejected":0}`
+	if err := os.WriteFile(filepath.Join(d.Dir, client.RevokedFile), []byte(notice), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.Open(d.Dir, testOptions())
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer c.Close()
+	if _, err := os.Stat(filepath.Join(d.Dir, client.StoreFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("store file after Open with a notice: %v, want it wiped", err)
+	}
+	var re *client.RevokedError
+	if _, err := c.Status(ctx); !errors.As(err, &re) || re.Lost != 1 || !re.At.Equal(time.Date(2026, 12, 4, 9, 30, 0, 0, time.UTC)) {
+		t.Errorf("Status: %v, want the notice's revocation", err)
+	}
 }
 
 // Revocation during Run: the live session is ended by the server, Run
