@@ -386,14 +386,22 @@ func TestRevoked(t *testing.T) {
 	}
 }
 
+// zuilenDevice starts a server with anouk in Zuilen, enrolls a device of
+// hers and creates a case titled title on it, unsynced.
+func zuilenDevice(t *testing.T, title string) (*servertest.Server, *device) {
+	t.Helper()
+	s := servertest.NewServer(t, nil)
+	s.AddUser("anouk", "caseworker", "Zuilen")
+	d := openDevice(t, s, "anouk", s.URL, nil)
+	mustCreateCase(t, d.Client, map[string]any{"area": "Zuilen", "title": title})
+	return s, d
+}
+
 // A wipe cut short (the process died after writing its notice, or another
 // process held the replica) is finished by the next Open.
 func TestRevokedWipeFinishedOnOpen(t *testing.T) {
 	ctx := context.Background()
-	s := servertest.NewServer(t, nil)
-	s.AddUser("anouk", "caseworker", "Zuilen")
-	d := openDevice(t, s, "anouk", s.URL, nil)
-	mustCreateCase(t, d.Client, map[string]any{"area": "Zuilen", "title": "Left on the tram"})
+	_, d := zuilenDevice(t, "Left on the tram")
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -419,10 +427,7 @@ func TestRevokedWipeFinishedOnOpen(t *testing.T) {
 // returns the *RevokedError and the replica is wiped.
 func TestRevokedWhileRunning(t *testing.T) {
 	ctx := context.Background()
-	s := servertest.NewServer(t, nil)
-	s.AddUser("anouk", "caseworker", "Zuilen")
-	d := openDevice(t, s, "anouk", s.URL, nil)
-	mustCreateCase(t, d.Client, map[string]any{"area": "Zuilen", "title": "Revoked live"})
+	s, d := zuilenDevice(t, "Revoked live")
 	done := make(chan error, 1)
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
