@@ -3,6 +3,7 @@ package boltstore_test
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -130,4 +131,87 @@ func TestOpen_Format(t *testing.T) {
 	if _, err := boltstore.Open(path, nil); err == nil || !strings.Contains(err.Error(), `store format "3"`) {
 		t.Errorf("Open of a format 3 store: %v, want a refusal naming the format", err)
 	}
+}
+
+// testdata/format1.db was written by the format 1 code (d4dfefe): cases
+// c1 (Zuilen), c2 (Ondiep, then moved to Lombok), c3 (Zuilen, two values
+// of its title, an open conflict), entries e1 (Zuilen) and e2 (Ondiep).
+// Format 2 opens it, reads every record as it was, and goes on writing
+// compact states beside its JSON ones.
+func TestOpen_Format1File(t *testing.T) {
+	src, err := os.ReadFile(filepath.Join("testdata", "format1.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "casesync.db")
+	if err := os.WriteFile(path, src, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conflicted := caseRecord("c3", "Zuilen")
+	f := conflicted.Fields[syncproto.FieldTitle]
+	f.Values = append(f.Values, syncproto.Value{Device: "d2", Seq: 4, Stamp: 1, Data: json.RawMessage(`"Lekkage"`)})
+	f.Seen = syncproto.Versions{"d1": 1, "d2": 4}
+	conflicted.Fields[syncproto.FieldTitle] = f
+	want := map[syncproto.Key]*syncproto.Record{}
+	for _, r := range []*syncproto.Record{caseRecord("c1", "Zuilen"), entryRecord("e1", "c1", "Zuilen"), caseRecord("c2", "Lombok"), entryRecord("e2", "c2", "Ondiep"), conflicted} {
+		want[r.Key()] = r
+	}
+	check := func(s *boltstore.Store) {
+		t.Helper()
+		mustView(t, s, func(tx server.Tx) error {
+			for k, r := range want {
+				got, _, err := tx.Record(k)
+				if err != nil {
+					t.Fatalf("Record(%s): %v", k, err)
+				}
+				g, _ := syncproto.Marshal(got)
+				w, _ := syncproto.Marshal(r)
+				if !bytes.Equal(g, w) {
+					t.Errorf("Record(%s) = %s\nwant %s", k, g, w)
+				}
+			}
+			var moved []string
+			err := tx.ScanRaw(map[string]uint64{"Zuilen": 0, "Ondiep": 0, "Lombok": 0}, 1<<62, func(it server.Item) (bool, error) {
+				if it.MovedTo != "" {
+					moved = append(moved, it.Key.ID+"→"+it.MovedTo)
+					return true, nil
+				}
+				if w, _ := syncproto.Marshal(want[it.Key]); !bytes.Equal(it.Raw, w) {
+					t.Errorf("ScanRaw %s in %s = %s\nwant %s", it.Key, it.Area, it.Raw, w)
+				}
+				return true, nil
+			})
+			if err != nil || len(moved) != 1 || moved[0] != "c2→Lombok" {
+				t.Errorf("ScanRaw: eviction markers %v, %v; want c2→Lombok", moved, err)
+			}
+			n := 0
+			err = tx.Conflicts(func(k syncproto.Key, area string) error {
+				n++
+				if k != conflicted.Key() || area != "Zuilen" {
+					t.Errorf("conflict %s in %q, want %s in Zuilen", k, area, conflicted.Key())
+				}
+				return nil
+			})
+			if err != nil || n != 1 {
+				t.Errorf("conflicts: %d, %v; want 1", n, err)
+			}
+			return nil
+		})
+	}
+	s, err := boltstore.Open(path, nil)
+	if err != nil {
+		t.Fatalf("Open of a format 1 file: %v", err)
+	}
+	check(s)
+	note := entryRecord("e3", "c1", "Zuilen") // one write: stored compact
+	put(t, s, note)
+	want[note.Key()] = note
+	check(s)
+	s.Close()
+	s, err = boltstore.Open(path, nil)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s.Close()
+	check(s)
 }
