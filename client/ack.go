@@ -36,7 +36,7 @@ func (r *round) applyAck(batch []syncproto.Change, ack *syncproto.Ack) error {
 				if err := tx.removeOutbox(ch.Seq, k); err != nil {
 					return err
 				}
-				if err := r.confirm(tx, ch, areas); err != nil {
+				if err := r.confirm(tx, ch, areas, ack.Seq); err != nil {
 					return err
 				}
 			case isRej && e.Code == syncproto.CodeRate:
@@ -107,8 +107,9 @@ func (ca caseAreas) area(tx *stx, id string) (string, error) {
 }
 
 // confirm joins an accepted change into the server-confirmed state, unless
-// the record has left the device's scope meanwhile.
-func (r *round) confirm(tx *stx, ch *syncproto.Change, areas caseAreas) error {
+// the record has left the device's scope meanwhile. head is the log head
+// the server acknowledged it at.
+func (r *round) confirm(tx *stx, ch *syncproto.Change, areas caseAreas, head uint64) error {
 	k := ch.Key()
 	if ev, err := tx.isEvicted(k); err != nil || ev {
 		return err
@@ -139,7 +140,7 @@ func (r *round) confirm(tx *stx, ch *syncproto.Change, areas caseAreas) error {
 		// server files it where it belongs now.
 		if k.Collection == syncproto.Cases {
 			areas[k.ID] = ""
-			r.movedAway(k.ID, syncproto.Dot{Device: r.m.Device, Seq: ch.Seq})
+			r.movedAway(k.ID, syncproto.Dot{Device: r.m.Device, Seq: ch.Seq}, head)
 			if err := r.dropJournal(tx, k.ID); err != nil {
 				return err
 			}

@@ -12,10 +12,20 @@ func (r *round) applyChanges(msg *syncproto.Changes) error {
 	var keys []syncproto.Key
 	err := r.c.update(func(tx *stx) error {
 		keys = keys[:0]
+		// Cases first: a current state of a case this device handed over
+		// makes its entries in the same message current too.
+		stale := make([]bool, len(msg.Records))
+		for _, cases := range []bool{true, false} {
+			for i := range msg.Records {
+				if in := &msg.Records[i]; (in.Collection == syncproto.Cases) == cases {
+					stale[i] = r.staleForUs(in)
+				}
+			}
+		}
 		for i := range msg.Records {
 			in := &msg.Records[i]
 			k := in.Key()
-			if r.staleForUs(in) {
+			if stale[i] {
 				// A state from before this device handed the case over (the
 				// backlog was read before the move committed): never store
 				// what the device may no longer see.
@@ -91,38 +101,53 @@ func (r *round) applyChanges(msg *syncproto.Changes) error {
 	return nil
 }
 
+// handOver is a case this device moved out of its own scope during the
+// session: the change that moved it, and the log head the server
+// acknowledged it at.
+type handOver struct {
+	move syncproto.Dot
+	head uint64
+}
+
 // movedAway remembers, for the rest of the session, a case this device
-// moved out of its own scope, with the change that moved it.
-func (r *round) movedAway(id string, move syncproto.Dot) {
+// moved out of its own scope, with the change that moved it and the head
+// it was acknowledged at.
+func (r *round) movedAway(id string, move syncproto.Dot, head uint64) {
 	if r.gone == nil {
-		r.gone = map[string]syncproto.Dot{}
+		r.gone = map[string]handOver{}
 	}
-	r.gone[id] = move
+	r.gone[id] = handOver{move, head}
 }
 
 // staleForUs reports whether an incoming state predates this device's own
 // hand-over of its case during the session: a backlog read before the move
-// committed. A case state whose area has seen the move is current (the case
-// may be back in scope: moved back, or the user's areas grew), and from it
-// on the case and its journal are taken as usual.
+// committed. Anything in a message that starts at or after the head the
+// move was acknowledged at was filed after the move, and is current. Before
+// that, a case state whose area has seen the move is current (the case may
+// be back in scope: moved back, or the user's areas grew), and from it on
+// the case and its journal are taken as usual; applyChanges judges a
+// message's cases before its entries, since a later write to the case can
+// file it after its entries (seed 750, internal/simtest).
 func (r *round) staleForUs(in *syncproto.Record) bool {
 	if len(r.gone) == 0 {
 		return false
 	}
-	if in.Collection == syncproto.Cases {
-		move, ok := r.gone[in.ID]
-		if !ok {
-			return false
-		}
-		if in.Fields[syncproto.FieldArea].Seen.Covers(move) {
-			delete(r.gone, in.ID)
-			return false
-		}
-		return true
+	id := in.ID
+	if in.Collection != syncproto.Cases {
+		id, _ = in.String(syncproto.FieldCaseID)
 	}
-	id, _ := in.String(syncproto.FieldCaseID)
-	_, ok := r.gone[id]
-	return ok
+	g, ok := r.gone[id]
+	switch {
+	case !ok:
+		return false
+	case r.m.Checkpoint.Seq >= g.head:
+		delete(r.gone, id)
+		return false
+	case in.Collection == syncproto.Cases && in.Fields[syncproto.FieldArea].Seen.Covers(g.move):
+		delete(r.gone, id)
+		return false
+	}
+	return true
 }
 
 // dropJournal removes the stored entries of a case the device no longer sees.

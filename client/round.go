@@ -35,7 +35,7 @@ type round struct {
 	head     uint64
 	progress func(Progress)
 	toPush   int
-	gone     map[string]syncproto.Dot // cases this device moved out of its scope this session
+	gone     map[string]handOver // cases this device moved out of its scope this session
 	touched  map[syncproto.Key]bool
 }
 

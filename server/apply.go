@@ -279,10 +279,20 @@ func (srv *Server) applyChange(tx Tx, cases *caseIndex, actor syncproto.Actor, s
 		if err := tx.AddCaseMove(ch.ID, Move{From: oldArea, To: rec.Area, Stamp: ch.Stamp}); err != nil {
 			return nil, err
 		}
-		if err := srv.refileEntries(tx, ch.ID, rec.Area); err != nil {
+		if err := srv.refileEntries(tx, ch.ID, rec.Area, false); err != nil {
 			return nil, err
 		}
 		touched = append(touched, oldArea)
+	} else if to, ok := ch.String(syncproto.FieldArea); ok && ch.Collection == syncproto.Cases && cur != nil && to != rec.Area {
+		// The writer moved the case, but a concurrent area value it had
+		// not seen won, and the case stays. Its device, judging by its own
+		// write, may have concluded that the case left its scope and
+		// dropped the journal once this change was acknowledged (client
+		// confirm). The case's new state reaches it; the entries, which
+		// did not change, would not: file them again at new sequences.
+		if err := srv.refileEntries(tx, ch.ID, rec.Area, true); err != nil {
+			return nil, err
+		}
 	}
 	return touched, nil
 }
@@ -379,8 +389,10 @@ func (srv *Server) file(tx Tx, rec *syncproto.Record, seq uint64) error {
 }
 
 // refileEntries files every entry of a case under its new area, each at a
-// new sequence, leaving eviction markers in the old area.
-func (srv *Server) refileEntries(tx Tx, caseID, area string) error {
+// new sequence, leaving eviction markers in the old area. With again set,
+// entries already in area are filed again too, so that every device of
+// the area receives them once more.
+func (srv *Server) refileEntries(tx Tx, caseID, area string, again bool) error {
 	ids, err := tx.CaseEntries(caseID)
 	if err != nil {
 		return err
@@ -390,7 +402,7 @@ func (srv *Server) refileEntries(tx Tx, caseID, area string) error {
 		if err != nil {
 			return fmt.Errorf("refile entry %s: %w", id, err)
 		}
-		if e.Area == area {
+		if e.Area == area && !again {
 			continue
 		}
 		e.Area = area

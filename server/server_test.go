@@ -515,3 +515,61 @@ func TestServer_Flood(t *testing.T) {
 		t.Fatalf("flood: errors %v close %d, want rate", errs, code)
 	}
 }
+
+// TestServer_LostHandOverRefilesJournal: anouk, offline, hands a case over
+// to Ondiep; the lead, concurrently and later, writes its area as Zuilen,
+// where it is. The lead's value wins and the case stays in Zuilen. Anouk's
+// laptop, which had not seen the lead's write, concludes from its own that
+// the case left and drops its journal once her move is acknowledged; so
+// the server files the entries again after her change, and a pull from
+// where her laptop stood brings them back (found by seed 750,
+// internal/simtest).
+func TestServer_LostHandOverRefilesJournal(t *testing.T) {
+	s := setup(t)
+	a, l := newDevice(t, s, "anouk"), newDevice(t, s, "lead")
+	ca, _ := a.connect(t, s, nil)
+	create := a.newCase("case1", "Zuilen")
+	push(t, ca, create, a.newEntry("n1", "case1", "anouk", "one"), a.newEntry("n2", "case1", "anouk", "two"))
+	ca.Close()
+
+	cur := create.State(a.id)
+	move := a.edit(cur, map[string]json.RawMessage{"area": raw(`"Ondiep"`)})
+	a.seq++ // the lead's write is later, and has not seen anouk's move
+	l.seq++
+	keep := syncproto.Edit(cur, syncproto.Cases, "case1", l.seq, move.Stamp+1<<syncproto.LogicalBits, map[string]json.RawMessage{"area": raw(`"Zuilen"`)})
+	cl, w := l.connect(t, s, nil)
+	servertest.Until[*syncproto.CaughtUp](cl)
+	ack := push(t, cl, keep)
+	cl.Close()
+	if len(ack.Accepted) != 1 {
+		t.Fatalf("lead's write: ack %+v", ack)
+	}
+	ca, _ = a.connect(t, s, &syncproto.Hello{Checkpoint: syncproto.Checkpoint{Epoch: w.Epoch, Seq: ack.Seq, Areas: []string{"Zuilen"}}})
+	ackA, _ := pushCollect(t, ca, move)
+	if len(ackA.Accepted) != 1 {
+		t.Fatalf("anouk's move: ack %+v", ackA)
+	}
+	ca.Close()
+
+	// From where anouk's laptop stood (the lead's write included, her own
+	// push not yet seen): the case, in Zuilen, and both entries again.
+	ca, _ = a.connect(t, s, &syncproto.Hello{Checkpoint: syncproto.Checkpoint{Epoch: w.Epoch, Seq: ack.Seq, Areas: []string{"Zuilen"}}})
+	defer ca.Close()
+	_, before := servertest.Until[*syncproto.CaughtUp](ca)
+	got := map[string]string{}
+	for _, m := range before {
+		if ch, ok := m.(*syncproto.Changes); ok {
+			for _, r := range ch.Records {
+				got[r.ID] = r.Area
+			}
+			for _, e := range ch.Evicted {
+				t.Errorf("anouk is told to evict %s, which stays in Zuilen", e.Key())
+			}
+		}
+	}
+	for _, id := range []string{"case1", "n1", "n2"} {
+		if got[id] != "Zuilen" {
+			t.Errorf("after her lost hand-over anouk pulls %s in %q, want Zuilen (got %v)", id, got[id], got)
+		}
+	}
+}

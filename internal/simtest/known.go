@@ -18,7 +18,7 @@ import (
 // journal, after the sync that did it; orphan-entry, an accepted
 // moved-away note kept under a pending area for good; stale-marker, an
 // A→B→C marker evicting a record in scope (all three in commit 8cff2c9);
-// gone-case, below (commit 1138a2c).
+// gone-case and lost-hand-over, below.
 type knownBug string
 
 // knownGoneCase (fixed in 1138a2c): during a session in which a device
@@ -28,6 +28,14 @@ type knownBug string
 // device's areas grew. The checkpoint passed the record and the device
 // lacked it for good.
 const knownGoneCase knownBug = "gone-case"
+
+// knownLostHandOver: a device hands a case over to an area outside its
+// scope while a concurrent area write it has not seen keeps the case in
+// its scope; the device drops the journal when its move is accepted, and
+// the unchanged entries never come back (seed 750 in knownSeeds). Fixed
+// in the server's applyChange: such a change files the case's entries
+// again, at new sequences.
+const knownLostHandOver knownBug = "lost-hand-over"
 
 // tolerate reports whether the discrepancy of record k on d is the
 // symptom of one of the known bugs listed, and counts it. In strict mode it

@@ -103,6 +103,16 @@ var knownSeeds = []struct {
 	// her live session pushes both; the admin gives her Zuilen; the
 	// session streams Zuilen from the start and drops the case.
 	{knownGoneCase, 157, 90, []int{8, 11, 15, 48, 58, 71, 74, 77, 88, 90}},
+	// Offline, bram hands a case over to Lombok, outside his scope; the
+	// lead, concurrently and later, writes its area as Ondiep, where it
+	// is. On the server the lead's value wins and the case stays. Bram's
+	// live session reconnects, pushes, and has the push acknowledged
+	// before it streams the lead's write: from its own write the laptop
+	// concludes the case has left and drops its journal. The case comes
+	// back (its state changed); its unchanged notes, behind the
+	// checkpoint, did not. Not shrunk: a shorter schedule changes the
+	// interleaving that shows it.
+	{knownLostHandOver, 750, 94, nil},
 }
 
 func TestKnownSeeds(t *testing.T) {

@@ -139,11 +139,14 @@ var foundSeeds = []struct {
 
 // runShrunk runs a shrunk seed strictly.
 func runShrunk(t *testing.T, seed uint64, steps int, keepSteps []int) {
-	keep := map[int]bool{}
-	for _, n := range keepSteps {
-		keep[n] = true
+	cfg := Config{Seed: seed, Steps: steps, Strict: true}
+	if keepSteps != nil { // nil: the whole schedule
+		keep := map[int]bool{}
+		for _, n := range keepSteps {
+			keep[n] = true
+		}
+		cfg.Skip = keepOnly(steps, keep)
 	}
-	cfg := Config{Seed: seed, Steps: steps, Skip: keepOnly(steps, keep), Strict: true}
 	synctest.Test(t, func(t *testing.T) { Run(t, cfg) })
 }
 
