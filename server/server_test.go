@@ -407,18 +407,26 @@ func TestServer_ScopeChange(t *testing.T) {
 	}
 }
 
+// pushCaseWithNotes pushes, from anouk's device d, case1 in Zuilen with
+// notes n1 and n2, and returns the change that created the case.
+func pushCaseWithNotes(t *testing.T, s *servertest.Server, d *device) syncproto.Change {
+	t.Helper()
+	c, _ := d.connect(t, s, nil)
+	defer c.Close()
+	create := d.newCase("case1", "Zuilen")
+	push(t, c, create, d.newEntry("n1", "case1", "anouk", "one"), d.newEntry("n2", "case1", "anouk", "two"))
+	return create
+}
+
 func TestServer_CaseMove(t *testing.T) {
 	s := setup(t)
 	a, c := newDevice(t, s, "anouk"), newDevice(t, s, "chantal")
-	ca, _ := a.connect(t, s, nil)
-	create := a.newCase("case1", "Zuilen")
-	push(t, ca, create, a.newEntry("n1", "case1", "anouk", "one"), a.newEntry("n2", "case1", "anouk", "two"))
-	ca.Close()
+	create := pushCaseWithNotes(t, s, a)
 	cc, _ := c.connect(t, s, &syncproto.Hello{Live: true})
 	servertest.Until[*syncproto.CaughtUp](cc)
 
 	// Anouk hands the case over to Ondiep (the tenant was rehoused).
-	ca, _ = a.connect(t, s, &syncproto.Hello{Live: true})
+	ca, _ := a.connect(t, s, &syncproto.Hello{Live: true})
 	if _, before := servertest.Until[*syncproto.CaughtUp](ca); len(before) == 0 {
 		t.Fatal("anouk's backlog is empty, want her case and entries")
 	}
@@ -527,10 +535,7 @@ func TestServer_Flood(t *testing.T) {
 func TestServer_LostHandOverRefilesJournal(t *testing.T) {
 	s := setup(t)
 	a, l := newDevice(t, s, "anouk"), newDevice(t, s, "lead")
-	ca, _ := a.connect(t, s, nil)
-	create := a.newCase("case1", "Zuilen")
-	push(t, ca, create, a.newEntry("n1", "case1", "anouk", "one"), a.newEntry("n2", "case1", "anouk", "two"))
-	ca.Close()
+	create := pushCaseWithNotes(t, s, a)
 
 	cur := create.State(a.id)
 	move := a.edit(cur, map[string]json.RawMessage{"area": raw(`"Ondiep"`)})
@@ -544,7 +549,7 @@ func TestServer_LostHandOverRefilesJournal(t *testing.T) {
 	if len(ack.Accepted) != 1 {
 		t.Fatalf("lead's write: ack %+v", ack)
 	}
-	ca, _ = a.connect(t, s, &syncproto.Hello{Checkpoint: syncproto.Checkpoint{Epoch: w.Epoch, Seq: ack.Seq, Areas: []string{"Zuilen"}}})
+	ca, _ := a.connect(t, s, &syncproto.Hello{Checkpoint: syncproto.Checkpoint{Epoch: w.Epoch, Seq: ack.Seq, Areas: []string{"Zuilen"}}})
 	ackA, _ := pushCollect(t, ca, move)
 	if len(ackA.Accepted) != 1 {
 		t.Fatalf("anouk's move: ack %+v", ackA)
