@@ -84,19 +84,6 @@ func failOnRace(t *testing.T, what, out string) {
 	}
 }
 
-// exitCode is testbin.ExitCode with these tests' convention: a process
-// killed by a signal has exit code -1 (the caller decides whether that is
-// a failure); any other error than an exit status fails the test.
-func exitCode(t *testing.T, err error) int {
-	t.Helper()
-	code, xerr := testbin.ExitCode(err)
-	var ee *exec.ExitError
-	if xerr != nil && !errors.As(err, &ee) {
-		t.Fatalf("process: %v", xerr)
-	}
-	return code
-}
-
 // device is one caseworker's laptop running the CLI: a replica directory.
 type device struct {
 	t   *testing.T
@@ -343,7 +330,7 @@ func (p *localProc) wait(t *testing.T, timeout time.Duration) int {
 	case <-time.After(timeout):
 		t.Fatalf("casesync %v still running %s later\nstderr: %s", p.args, timeout, p.stderr.String())
 	}
-	return exitCode(t, p.err)
+	return testbin.MustExitCode(t, p.err)
 }
 
 // eventually polls cond every few milliseconds until it returns true, and

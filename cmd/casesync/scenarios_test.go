@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/casesync/casesync/client"
+	"github.com/casesync/casesync/internal/testbin"
 	"github.com/casesync/casesync/server"
 	"github.com/casesync/casesync/server/servertest"
 	"github.com/casesync/casesync/syncproto"
@@ -489,7 +490,7 @@ func TestCrashDuringSync(t *testing.T) {
 		}
 		eventually(t, 60*time.Second, func() bool { return cond() || p.Exited() }, func() string { return "push round " + moment })
 		killed := p.kill9(t)
-		if !killed && exitCode(t, p.Err()) != 0 {
+		if !killed && testbin.MustExitCode(t, p.Err()) != 0 {
 			t.Fatalf("push round %d: sync failed by itself: %v\n%s", round, p.Err(), p.Output())
 		}
 		pending := checkNothingLost(fmt.Sprintf("push round %d", round))
@@ -539,7 +540,7 @@ func TestCrashDuringSync(t *testing.T) {
 		}
 		eventually(t, 60*time.Second, func() bool { return cond() || p.Exited() }, func() string { return "pull round " + moment })
 		killed := p.kill9(t)
-		if !killed && exitCode(t, p.Err()) != 0 {
+		if !killed && testbin.MustExitCode(t, p.Err()) != 0 {
 			t.Fatalf("pull round %d: sync failed by itself: %v\n%s", round, p.Err(), p.Output())
 		}
 		// What the replica holds after the kill is whole and correct.

@@ -9,13 +9,11 @@ package main_test
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -132,18 +130,7 @@ func (d *daemon) TokenFile() string { return filepath.Join(d.Data, "admin.token"
 // process exits first or the deadline passes.
 func (d *daemon) waitReady(t *testing.T) {
 	t.Helper()
-	err := d.WaitFor(20*time.Second, func() error {
-		resp, err := httpc.Get(d.URL + "/readyz")
-		if err != nil {
-			return err
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(resp.Status)
-		}
-		return nil
-	})
+	err := d.WaitFor(20*time.Second, func() error { return testbin.Ready(httpc, d.URL+"/readyz") })
 	if err != nil {
 		t.Fatalf("casesyncd at %s not ready: %v\n%s", d.URL, err, d.Output())
 	}
@@ -158,7 +145,7 @@ func (d *daemon) wait(t *testing.T, timeout time.Duration) int {
 	case <-time.After(timeout):
 		t.Fatalf("casesyncd still running %s later\n%s", timeout, d.Output())
 	}
-	return exitCode(t, d.Err())
+	return testbin.MustExitCode(t, d.Err())
 }
 
 // running fails the test if the process has exited before the test sends
@@ -198,19 +185,6 @@ func (d *daemon) stop(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("casesyncd exited %d after SIGTERM, want 0\n%s", code, d.Output())
 	}
-}
-
-// exitCode is testbin.ExitCode with these tests' convention: a process
-// killed by a signal has exit code -1 (the caller decides whether that is
-// a failure); any other error than an exit status fails the test.
-func exitCode(t *testing.T, err error) int {
-	t.Helper()
-	code, xerr := testbin.ExitCode(err)
-	var ee *exec.ExitError
-	if xerr != nil && !errors.As(err, &ee) {
-		t.Fatalf("process: %v", xerr)
-	}
-	return code
 }
 
 // result is what a short-lived casesyncd invocation did.

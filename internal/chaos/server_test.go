@@ -4,15 +4,15 @@ package chaos_test
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/casesync/casesync/internal/testbin"
 )
 
 // httpc never keeps connections alive, so no transport goroutine outlives
@@ -76,18 +76,7 @@ func (d *daemon) start() {
 	}
 }
 
-func (d *daemon) ready() error {
-	resp, err := httpc.Get(d.url() + "/readyz")
-	if err != nil {
-		return err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return errors.New(resp.Status)
-	}
-	return nil
-}
+func (d *daemon) ready() error { return testbin.Ready(httpc, d.url()+"/readyz") }
 
 // kill9 SIGKILLs the server.
 func (d *daemon) kill9() {

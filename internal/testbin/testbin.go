@@ -17,6 +17,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -227,6 +229,34 @@ func ExitCode(err error) (int, error) {
 		return ee.ExitCode(), nil
 	}
 	return -1, err
+}
+
+// MustExitCode returns the exit code of a process from cmd.Wait's error,
+// -1 if a signal killed it (the caller decides whether that was meant),
+// and fails tb if the process did not run at all.
+func MustExitCode(tb testing.TB, err error) int {
+	tb.Helper()
+	code, xerr := ExitCode(err)
+	var ee *exec.ExitError
+	if xerr != nil && !errors.As(err, &ee) {
+		tb.Fatalf("process: %v", xerr)
+	}
+	return code
+}
+
+// Ready reports nil once GET url answers 200: a server's readiness probe,
+// for WaitFor.
+func Ready(c *http.Client, url string) error {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
 }
 
 // Result is what a command run to completion did.

@@ -4,9 +4,12 @@ package testbin_test
 
 import (
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -65,8 +68,37 @@ func TestProc_Kill(t *testing.T) {
 	if code, err := testbin.ExitCode(p.Err()); err == nil {
 		t.Fatalf("ExitCode after SIGKILL = %d, nil; want an error naming the signal", code)
 	}
+	if code := testbin.MustExitCode(t, p.Err()); code != -1 {
+		t.Fatalf("MustExitCode after SIGKILL = %d, want -1", code)
+	}
 	if err := p.WaitOutput("never", time.Second); err == nil {
 		t.Fatal("WaitOutput on an exited process returned nil")
+	}
+}
+
+func TestMustExitCode(t *testing.T) {
+	p := testbin.Start(t, "exit3", helper("exit3"))
+	<-p.Done()
+	if code := testbin.MustExitCode(t, p.Err()); code != 3 {
+		t.Fatalf("MustExitCode = %d, want 3", code)
+	}
+	if code := testbin.MustExitCode(t, nil); code != 0 {
+		t.Fatalf("MustExitCode(nil) = %d, want 0", code)
+	}
+}
+
+func TestReady(t *testing.T) {
+	var status atomic.Int32
+	status.Store(http.StatusServiceUnavailable)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(int(status.Load())) }))
+	defer srv.Close()
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	if err := testbin.Ready(c, srv.URL); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("Ready of a 503 = %v, want an error naming it", err)
+	}
+	status.Store(http.StatusOK)
+	if err := testbin.Ready(c, srv.URL); err != nil {
+		t.Fatalf("Ready of a 200 = %v", err)
 	}
 }
 
