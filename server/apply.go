@@ -283,13 +283,14 @@ func (srv *Server) applyChange(tx Tx, cases *caseIndex, actor syncproto.Actor, s
 			return nil, err
 		}
 		touched = append(touched, oldArea)
-	} else if to, ok := ch.String(syncproto.FieldArea); ok && ch.Collection == syncproto.Cases && cur != nil && to != rec.Area {
-		// The writer moved the case, but a concurrent area value it had
-		// not seen won, and the case stays. Its device, judging by its own
-		// write, may have concluded that the case left its scope and
-		// dropped the journal once this change was acknowledged (client
-		// confirm). The case's new state reaches it; the entries, which
-		// did not change, would not: file them again at new sequences.
+	} else if to, ok := ch.String(syncproto.FieldArea); ok && ch.Collection == syncproto.Cases && cur != nil && to != rec.Area && !scope.Contains(to) {
+		// The writer handed the case over to an area it does not see, but
+		// a concurrent area value it had not seen won, and the case stays.
+		// Its device, judging by its own write, concluded that the case
+		// left its scope and dropped the journal once this change was
+		// acknowledged (client confirm). The case's new state reaches it;
+		// the entries, which did not change, would not: file them again at
+		// new sequences. It costs what a move costs.
 		if err := srv.refileEntries(tx, ch.ID, rec.Area, true); err != nil {
 			return nil, err
 		}
