@@ -272,7 +272,8 @@ var ErrRevoked = errors.New("client: this device was revoked; its local data was
 
 // RevokedError reports a wipe after revocation.
 type RevokedError struct {
-	// Lost is the number of local changes that had not reached the server.
+	// Lost is the number of local changes that had not reached the server;
+	// -1 if it is not known (the notice a wipe left is damaged).
 	Lost int
 	// Rejected is the number of changes the server had refused that were
 	// still listed for the user ('casesync rejected'): they never reached
@@ -288,6 +289,9 @@ func (e *RevokedError) Error() string {
 
 // Counts says what the wipe took with it, for a message to the user.
 func (e *RevokedError) Counts() string {
+	if e.Lost < 0 {
+		return "an unknown number of unsynced changes lost"
+	}
 	s := fmt.Sprintf("%d unsynced changes lost", e.Lost)
 	if e.Rejected > 0 {
 		s += fmt.Sprintf(", %d rejected changes discarded", e.Rejected)

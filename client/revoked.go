@@ -81,8 +81,9 @@ func readNotice(dir string) (*notice, error) {
 	}
 	var n notice
 	if err := json.Unmarshal(b, &n); err != nil {
-		// Damaged, yet it says the device was revoked: honour it.
-		return &notice{}, nil
+		// Damaged, yet it says the device was revoked: honour it, without
+		// claiming counts it no longer holds.
+		return &notice{Lost: -1}, nil
 	}
 	return &n, nil
 }

@@ -30,11 +30,17 @@ type knownBug string
 const knownGoneCase knownBug = "gone-case"
 
 // knownLostHandOver: a device hands a case over to an area outside its
-// scope while a concurrent area write it has not seen keeps the case in
-// its scope; the device drops the journal when its move is accepted, and
-// the unchanged entries never come back (seed 750 in knownSeeds). Fixed
-// in the server's applyChange: such a change files the case's entries
-// again, at new sequences.
+// scope while a later area write it has not seen brings the case back to
+// its scope; the device keeps the case and loses the journal. Seed 750
+// (knownSeeds): the server moved the case out and back and sent its
+// entries again, but a later write had filed the case after them, so
+// they came ahead of its newer state in one message, and the client,
+// still remembering its hand-over, took them as stale. Fixed in the
+// client (staleForUs, applyChanges: cases judged first, and everything
+// after the hand-over's acknowledged head is current). When the later
+// write reaches the server first, the case never moves and the entries,
+// unchanged, were never sent again: fixed in the server's applyChange
+// (server TestServer_LostHandOverRefilesJournal).
 const knownLostHandOver knownBug = "lost-hand-over"
 
 // tolerate reports whether the discrepancy of record k on d is the

@@ -104,15 +104,13 @@ var knownSeeds = []struct {
 	// session streams Zuilen from the start and drops the case.
 	{knownGoneCase, 157, 90, []int{8, 11, 15, 48, 58, 71, 74, 77, 88, 90}},
 	// Offline, bram hands a case over to Lombok, outside his scope; the
-	// lead, concurrently and later, writes its area as Ondiep, where it
-	// is. On the server the lead's value wins and the case stays. Bram's
-	// live session reconnects, pushes, and has the push acknowledged
-	// before it streams the lead's write: from its own write the laptop
-	// concludes the case has left and drops its journal. The case comes
-	// back (its state changed); its unchanged notes, behind the
-	// checkpoint, did not. Not shrunk: the 94 steps failed in 5 of 5 runs
-	// before the fix, the shrunk 15 in 3 of 5 (the interleaving within a
-	// step is the scheduler's).
+	// lead, concurrently and later, moves it back to Ondiep. The server
+	// moves it out and back and sends its notes again, but a later write
+	// has filed the case after them: they reach bram's laptop in one
+	// message ahead of the case's newer state, and the laptop, still
+	// remembering its hand-over, drops them as stale. Not shrunk: the 94
+	// steps failed in 5 of 5 runs before the fix, the shrunk 15 in 3 of 5
+	// (the interleaving within a step is the scheduler's).
 	{knownLostHandOver, 750, 94, nil},
 }
 
