@@ -135,12 +135,21 @@ func (r *round) confirm(tx *stx, ch *syncproto.Change, areas caseAreas, head uin
 		}
 	}
 	if base.Area == "" || !r.m.Scope.Contains(base.Area) {
-		// Accepted, but no longer the device's to hold: a note about a
-		// case that moved away meanwhile, or a case handed over. The
-		// server files it where it belongs now.
+		// Accepted, but no longer the device's to hold, as far as it
+		// knows: a note about a case that moved away meanwhile, a case
+		// handed over, or a case in an area the welcome no longer lists
+		// (the scope update and the backlog that may bring it back in
+		// another area can come after this ack). The server files it
+		// where it belongs now.
 		if k.Collection == syncproto.Cases {
 			areas[k.ID] = ""
-			r.movedAway(k.ID, syncproto.Dot{Device: r.m.Device, Seq: ch.Seq}, head)
+			if _, moved := ch.Fields[syncproto.FieldArea]; moved {
+				// Only this device's own hand-over makes states it reads
+				// next stale: a backlog read before the move committed.
+				// Any other change leaves the case to whatever the server
+				// sends (seed 1463, internal/simtest).
+				r.movedAway(k.ID, syncproto.Dot{Device: r.m.Device, Seq: ch.Seq}, head)
+			}
 			if err := r.dropJournal(tx, k.ID); err != nil {
 				return err
 			}

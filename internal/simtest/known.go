@@ -18,7 +18,7 @@ import (
 // journal, after the sync that did it; orphan-entry, an accepted
 // moved-away note kept under a pending area for good; stale-marker, an
 // A→B→C marker evicting a record in scope (all three in commit 8cff2c9);
-// gone-case and lost-hand-over, below.
+// gone-case, lost-hand-over and ack-first, below.
 type knownBug string
 
 // knownGoneCase (fixed in 1138a2c): during a session in which a device
@@ -42,6 +42,19 @@ const knownGoneCase knownBug = "gone-case"
 // unchanged, were never sent again: fixed in the server's applyChange
 // (server TestServer_LostHandOverRefilesJournal).
 const knownLostHandOver knownBug = "lost-hand-over"
+
+// knownAckFirst: offline, a caseworker writes about a case of an area she
+// then loses, while the case moves to an area she gains. On her next sync
+// the ack of her push came before the scope update and the backlog (the
+// server's push handler and streamer send independently), and found the
+// case, by her laptop's last knowledge, outside her new scope. The client
+// took any accepted change to such a case for a hand-over of hers
+// (client confirm), and dropped as stale the backlog's states of the
+// case and her notes, now in the gained area; the checkpoint passed them.
+// Seed 1463 (knownSeeds) showed it on the CI machine only; the e2e test
+// TestAckBeforeScopeUpdate makes the order happen every time. Fixed in
+// the client: only a change that writes the area is a hand-over.
+const knownAckFirst knownBug = "ack-first"
 
 // tolerate reports whether the discrepancy of record k on d is the
 // symptom of one of the known bugs listed, and counts it. In strict mode it

@@ -112,6 +112,13 @@ var knownSeeds = []struct {
 	// steps failed in 5 of 5 runs before the fix, the shrunk 15 in 3 of 5
 	// (the interleaving within a step is the scheduler's).
 	{knownLostHandOver, 750, 94, nil},
+	// Offline, anouk (who has lost Zuilen for Ondiep) writes a summary
+	// and two notes about a Zuilen case that bram moves to Ondiep; at
+	// the heal her push's ack comes before the scope update, and her
+	// laptop drops the case's states and her notes as stale. Not shrunk:
+	// it failed in CI (a slower machine) and in none of 200 runs here;
+	// internal/e2e TestAckBeforeScopeUpdate forces the order.
+	{knownAckFirst, 1463, 100, nil},
 }
 
 func TestKnownSeeds(t *testing.T) {

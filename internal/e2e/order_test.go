@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/casesync/casesync/client"
+	"github.com/casesync/casesync/syncproto"
+)
+
+// scriptAckFirst makes the ack of the session's first push reach the
+// device before the scope update and backlog the server streamed ahead of
+// it, as the server's scheduler may: everything after the welcome is held
+// until the first ack, which then goes first; after it, all passes.
+func scriptAckFirst() Script {
+	holding := false
+	return func(m syncproto.Message) Verdict {
+		switch m.(type) {
+		case *syncproto.Welcome:
+			holding = true
+			return Pass
+		case *syncproto.Ack:
+			if holding {
+				holding = false
+				return Release
+			}
+		}
+		if holding {
+			return Hold
+		}
+		return Pass
+	}
+}
+
+// scriptLoseAck delivers the welcome and nothing else, and cuts the
+// session when the server acknowledges a push: the push is committed, the
+// device does not know.
+func scriptLoseAck() Script {
+	return func(m syncproto.Message) Verdict {
+		switch m.(type) {
+		case *syncproto.Welcome:
+			return Pass
+		case *syncproto.Ack:
+			return Cut
+		}
+		return Hold
+	}
+}
+
+// A caseworker's laptop, offline, holds a case in Zuilen and writes about
+// it: a summary and a note. Meanwhile the lead moves the case to Ondiep and
+// the office gives her Ondiep instead of Zuilen. When she syncs, the
+// server's ack of her push may come before the scope update and backlog
+// that bring the case back in Ondiep. The ack then finds the case, by the
+// laptop's last knowledge, outside her new scope; that is not a hand-over
+// of hers, and must not make the laptop discard the case's new state and
+// her note when they arrive (simulation seed 1463, internal/simtest).
+func TestAckBeforeScopeUpdate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		scripts []func() Script // sessions from the second on; nil passes all
+	}{
+		{"in order", nil},
+		{"ack first", []func() Script{scriptAckFirst}},
+		{"ack lost, then ack first", []func() Script{scriptLoseAck, scriptAckFirst}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newScopeFixture(t)
+			f.s.SetAreas("anouk", "Zuilen")
+			relay, err := NewRelay(f.s.URL, func(n int) Script {
+				if i := n - 2; i >= 0 && i < len(tc.scripts) {
+					return tc.scripts[i]()
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(relay.Close)
+			a := openDevice(t, f.s, "anouk", relay.URL(), nil).Client
+			mustSync(t, a)
+			if ok, err := holdsAll(a, f.zIDs); !ok {
+				t.Fatalf("Zuilen not on the device before the test: %v", err)
+			}
+
+			// Offline: a summary and a note about the Zuilen case.
+			if err := a.SetCase(ctx, f.zCase, map[string]any{"summary": "Neighbours report noise at night."}); err != nil {
+				t.Fatal(err)
+			}
+			note := mustAddEntry(t, a, f.zCase, "Visit: the tenant asks for mediation.")
+			// The lead moves the case; the office moves her to Ondiep.
+			if err := f.lead.SetCase(ctx, f.zCase, map[string]any{"area": "Ondiep"}); err != nil {
+				t.Fatal(err)
+			}
+			mustSync(t, f.lead)
+			f.s.SetAreas("anouk", "Ondiep")
+
+			for i := range tc.scripts {
+				_, err := a.Sync(ctx, nil)
+				if i < len(tc.scripts)-1 && !errors.Is(err, client.ErrUnreachable) {
+					t.Fatalf("sync %d through a cut session: %v; want ErrUnreachable", i+2, err)
+				}
+				if i == len(tc.scripts)-1 && err != nil {
+					t.Fatalf("sync %d: %v", i+2, err)
+				}
+			}
+			mustSync(t, a) // and one more, in order, which must change nothing
+			if n := relay.Sessions(); n != 2+len(tc.scripts) {
+				t.Fatalf("relayed %d sessions, want %d", n, 2+len(tc.scripts))
+			}
+
+			// The server has her writes, in Ondiep.
+			srvNote, ok := serverRecord(t, f.s, entryKey(note))
+			if !ok || srvNote.Area != "Ondiep" {
+				t.Fatalf("server: note %v (ok %v); want it in Ondiep", srvNote, ok)
+			}
+			// Her laptop holds the case in Ondiep, her summary, her note and
+			// the case's other notes, and nothing is pending.
+			v := mustGet(t, a, caseKey(f.zCase))
+			if v.Area != "Ondiep" || v.String(syncproto.FieldSummary) != "Neighbours report noise at night." {
+				t.Errorf("case on the device: area %q, summary %q; want Ondiep and her summary", v.Area, v.String(syncproto.FieldSummary))
+			}
+			if ok, err := holdsAll(a, append([]string{note}, f.zIDs...)); !ok {
+				t.Errorf("device lacks the case's journal: %v", err)
+			}
+			if ok, err := holdsAll(a, f.oIDs); !ok {
+				t.Errorf("device lacks Ondiep's other case: %v", err)
+			}
+			if st := status(t, a); st.Pending != 0 || st.Rejected != 0 {
+				t.Errorf("status: %d pending, %d rejected; want none", st.Pending, st.Rejected)
+			}
+		})
+	}
+}

@@ -1,0 +1,176 @@
+package e2e
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"sync/atomic"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/casesync/casesync/syncproto"
+)
+
+// Verdict is what a relay script decides for one server message.
+type Verdict int
+
+const (
+	// Pass forwards the message.
+	Pass Verdict = iota
+	// Hold keeps the message back, in order with others held, until a
+	// message is passed with Release.
+	Hold
+	// Release forwards the message, then everything held.
+	Release
+	// Cut ends the session without forwarding the message: a connection
+	// lost between the server's commit and its ack reaching the device.
+	Cut
+)
+
+// Script decides, message by message, what a relay does with what the
+// server sends in one session. It is called from one goroutine.
+type Script func(m syncproto.Message) Verdict
+
+// Relay is a WebSocket relay that sees the protocol's messages. It
+// terminates a device's sync connection, opens its own to the server, and
+// passes the device's frames on unchanged and the server's through a
+// script, which may hold, reorder or cut them. The server's streamer and
+// its push handler send independently, so which of a backlog message and
+// an ack reaches the device first is up to the scheduler; a script makes
+// one such order happen every time. Every other request (enrollment) is
+// proxied as it is.
+type Relay struct {
+	srv      *httptest.Server
+	target   *url.URL
+	codec    *syncproto.Codec
+	script   func(session int) Script
+	sessions atomic.Int64
+	wg       sync.WaitGroup
+}
+
+// NewRelay starts a relay to the server at target (its base URL). script
+// returns the script of the n-th sync session (from 1); nil passes all.
+func NewRelay(target string, script func(n int) Script) (*Relay, error) {
+	u, err := url.Parse(target)
+	if err != nil {
+		return nil, err
+	}
+	codec, err := syncproto.NewCodec(0)
+	if err != nil {
+		return nil, err
+	}
+	r := &Relay{target: u, codec: codec, script: script}
+	mux := http.NewServeMux()
+	mux.Handle("/", httputil.NewSingleHostReverseProxy(u))
+	mux.HandleFunc("/v1/sync", r.sync)
+	r.srv = httptest.NewServer(mux)
+	return r, nil
+}
+
+// URL is the relay's base URL, to enroll devices through.
+func (r *Relay) URL() string { return r.srv.URL }
+
+// Sessions is the number of sync sessions relayed so far.
+func (r *Relay) Sessions() int { return int(r.sessions.Load()) }
+
+// Close stops the relay and waits for its sessions to end.
+func (r *Relay) Close() {
+	r.srv.CloseClientConnections()
+	r.srv.Close()
+	r.wg.Wait()
+}
+
+func (r *Relay) sync(w http.ResponseWriter, req *http.Request) {
+	r.wg.Add(1)
+	defer r.wg.Done()
+	n := int(r.sessions.Add(1))
+	up := *r.target
+	if up.Scheme == "https" {
+		up.Scheme = "wss"
+	} else {
+		up.Scheme = "ws"
+	}
+	up.Path = "/v1/sync"
+	h := http.Header{}
+	h.Set("Authorization", req.Header.Get("Authorization"))
+	server, resp, err := websocket.DefaultDialer.DialContext(req.Context(), up.String(), h)
+	if err != nil {
+		status := http.StatusBadGateway
+		if resp != nil {
+			status = resp.StatusCode
+			resp.Body.Close()
+		}
+		http.Error(w, "relay: "+err.Error(), status)
+		return
+	}
+	defer server.Close()
+	device, err := (&websocket.Upgrader{}).Upgrade(w, req, nil)
+	if err != nil {
+		return
+	}
+	defer device.Close()
+	server.SetReadLimit(int64(r.codec.MaxFrame()))
+	device.SetReadLimit(int64(r.codec.MaxFrame()))
+
+	// Device to server: unchanged.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer server.Close()
+		for {
+			typ, frame, err := device.ReadMessage()
+			if err != nil {
+				return
+			}
+			if server.WriteMessage(typ, frame) != nil {
+				return
+			}
+		}
+	}()
+	defer func() { <-done }()
+	defer device.Close()
+
+	// Server to device: through the script.
+	var script Script
+	if r.script != nil {
+		script = r.script(n)
+	}
+	compressed := false
+	var held [][]byte
+	for {
+		typ, frame, err := server.ReadMessage()
+		if err != nil {
+			if ce, ok := err.(*websocket.CloseError); ok {
+				_ = device.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(ce.Code, ce.Text))
+			}
+			return
+		}
+		v := Pass
+		if m, err := r.codec.Decode(frame, compressed); err == nil {
+			if w, ok := m.(*syncproto.Welcome); ok {
+				compressed = w.Compression == syncproto.CompressionZstd
+			}
+			if script != nil {
+				v = script(m)
+			}
+		}
+		out := [][]byte{frame}
+		switch v {
+		case Hold:
+			held = append(held, frame)
+			continue
+		case Release:
+			out = append(out, held...)
+			held = nil
+		case Cut:
+			return
+		}
+		for _, f := range out {
+			if device.WriteMessage(typ, f) != nil {
+				return
+			}
+		}
+	}
+}
