@@ -3,33 +3,55 @@ package e2e
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/casesync/casesync/client"
 	"github.com/casesync/casesync/syncproto"
 )
 
-// scriptAckFirst makes the ack of the session's first push reach the
-// device before the scope update and backlog the server streamed ahead of
-// it, as the server's scheduler may: everything after the welcome is held
-// until the first ack, which then goes first; after it, all passes.
-func scriptAckFirst() Script {
-	holding := false
-	return func(m syncproto.Message) Verdict {
-		switch m.(type) {
-		case *syncproto.Welcome:
-			holding = true
-			return Pass
-		case *syncproto.Ack:
-			if holding {
-				holding = false
-				return Release
+// scriptAckAt delivers the ack of the session's first push after the
+// first k messages the server's streamer sent after the welcome (scope
+// update, changes, caught_up), whichever the server sent first: its push
+// handler and its streamer send independently, and the scheduler may put
+// the ack anywhere among them. k 0 puts the ack right after the welcome;
+// a k past the stream's length puts it after caught_up.
+func scriptAckAt(k int) func() Script {
+	return func() Script {
+		welcomed, acked, ended := false, false, false
+		streamed := 0
+		return func(m syncproto.Message) Verdict {
+			switch m.(type) {
+			case *syncproto.Welcome:
+				welcomed = true
+				return Pass
+			case *syncproto.Ack:
+				switch {
+				case acked:
+					return Pass
+				case streamed < k && !ended:
+					acked = true
+					return Hold // until the k-th stream message
+				}
+				acked = true
+				return Release // ahead of the stream held for it
 			}
+			if !welcomed {
+				return Pass
+			}
+			streamed++
+			_, last := m.(*syncproto.CaughtUp)
+			ended = ended || last
+			switch {
+			case acked && (streamed == k || last):
+				return Release // the k-th, then the ack held for it
+			case acked:
+				return Pass
+			case streamed > k:
+				return Hold // until the ack
+			}
+			return Pass
 		}
-		if holding {
-			return Hold
-		}
-		return Pass
 	}
 }
 
@@ -60,10 +82,17 @@ func TestAckBeforeScopeUpdate(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		scripts []func() Script // sessions from the second on; nil passes all
+		ackAt   int             // where the last scripted session must have put the ack
 	}{
-		{"in order", nil},
-		{"ack first", []func() Script{scriptAckFirst}},
-		{"ack lost, then ack first", []func() Script{scriptLoseAck, scriptAckFirst}},
+		{"as it comes", nil, 0},
+		{"ack first", []func() Script{scriptAckAt(0)}, 0},
+		{"ack after the scope update", []func() Script{scriptAckAt(1)}, 1},
+		{"ack after the backlog", []func() Script{scriptAckAt(2)}, 2},
+		{"ack after caught_up", []func() Script{scriptAckAt(9)}, -1},
+		{"ack lost, then ack first", []func() Script{scriptLoseAck, scriptAckAt(0)}, 0},
+		{"ack lost, then after the scope update", []func() Script{scriptLoseAck, scriptAckAt(1)}, 1},
+		{"ack lost, then after the backlog", []func() Script{scriptLoseAck, scriptAckAt(2)}, 2},
+		{"ack lost, then after caught_up", []func() Script{scriptLoseAck, scriptAckAt(9)}, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -109,6 +138,21 @@ func TestAckBeforeScopeUpdate(t *testing.T) {
 			mustSync(t, a) // and one more, in order, which must change nothing
 			if n := relay.Sessions(); n != 2+len(tc.scripts) {
 				t.Fatalf("relayed %d sessions, want %d", n, 2+len(tc.scripts))
+			}
+			if len(tc.scripts) > 0 {
+				// The order asked for is the order delivered: the scope
+				// update first in the stream, the ack where the script put
+				// it (-1: after caught_up).
+				got := relay.Delivered(1 + len(tc.scripts))
+				stream := slices.DeleteFunc(slices.Clone(got), func(s string) bool { return s == "ack" })
+				ack := slices.Index(got, "ack") - 1
+				want := tc.ackAt
+				if want < 0 {
+					want = len(stream) - 1
+				}
+				if len(stream) < 3 || stream[0] != "welcome" || stream[1] != "scope" || ack != want {
+					t.Fatalf("session %d delivered %v; want welcome, then scope, and the ack after %d stream messages", 1+len(tc.scripts), got, want)
+				}
 			}
 
 			// The server has her writes, in Ondiep.

@@ -48,6 +48,9 @@ type Relay struct {
 	script   func(session int) Script
 	sessions atomic.Int64
 	wg       sync.WaitGroup
+
+	mu        sync.Mutex
+	delivered map[int][]string // per session, the types of the server's messages forwarded
 }
 
 // NewRelay starts a relay to the server at target (its base URL). script
@@ -74,6 +77,23 @@ func (r *Relay) URL() string { return r.srv.URL }
 
 // Sessions is the number of sync sessions relayed so far.
 func (r *Relay) Sessions() int { return int(r.sessions.Load()) }
+
+// Delivered returns the types of the server's messages the relay
+// forwarded to the device in session n, in the order it forwarded them.
+func (r *Relay) Delivered(n int) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.delivered[n]...)
+}
+
+func (r *Relay) deliver(n int, typ string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.delivered == nil {
+		r.delivered = map[int][]string{}
+	}
+	r.delivered[n] = append(r.delivered[n], typ)
+}
 
 // Close stops the relay and waits for its sessions to end.
 func (r *Relay) Close() {
@@ -138,7 +158,7 @@ func (r *Relay) sync(w http.ResponseWriter, req *http.Request) {
 		script = r.script(n)
 	}
 	compressed := false
-	var held [][]byte
+	var held []heldFrame
 	for {
 		typ, frame, err := server.ReadMessage()
 		if err != nil {
@@ -147,7 +167,7 @@ func (r *Relay) sync(w http.ResponseWriter, req *http.Request) {
 			}
 			return
 		}
-		v := Pass
+		v, name := Pass, "undecodable"
 		if m, err := r.codec.Decode(frame, compressed); err == nil {
 			if w, ok := m.(*syncproto.Welcome); ok {
 				compressed = w.Compression == syncproto.CompressionZstd
@@ -155,11 +175,12 @@ func (r *Relay) sync(w http.ResponseWriter, req *http.Request) {
 			if script != nil {
 				v = script(m)
 			}
+			name = m.Type().String()
 		}
-		out := [][]byte{frame}
+		out := []heldFrame{{frame, name}}
 		switch v {
 		case Hold:
-			held = append(held, frame)
+			held = append(held, out[0])
 			continue
 		case Release:
 			out = append(out, held...)
@@ -168,9 +189,16 @@ func (r *Relay) sync(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 		for _, f := range out {
-			if device.WriteMessage(typ, f) != nil {
+			if device.WriteMessage(typ, f.frame) != nil {
 				return
 			}
+			r.deliver(n, f.name)
 		}
 	}
+}
+
+// heldFrame is a server frame the script held back, and its type.
+type heldFrame struct {
+	frame []byte
+	name  string
 }
