@@ -111,8 +111,19 @@ func (ca caseAreas) area(tx *stx, id string) (string, error) {
 // the server acknowledged it at.
 func (r *round) confirm(tx *stx, ch *syncproto.Change, areas caseAreas, head uint64) error {
 	k := ch.Key()
-	if ev, err := tx.isEvicted(k); err != nil || ev {
+	if ev, err := tx.isEvicted(k); err != nil {
 		return err
+	} else if ev {
+		// Evicted while the change was pending (a scope update, say, came
+		// first). A hand-over must still be remembered: a backlog read
+		// before it committed may yet bring the case, where it was then.
+		if to, moved := ch.String(syncproto.FieldArea); moved && k.Collection == syncproto.Cases && !r.m.Scope.Contains(to) {
+			areas[k.ID] = ""
+			r.movedAway(k.ID, syncproto.Dot{Device: r.m.Device, Seq: ch.Seq}, head)
+			return r.dropJournal(tx, k.ID)
+		}
+		r.unplaced = max(r.unplaced, head)
+		return nil
 	}
 	base, ok, err := tx.record(k)
 	if err != nil {
@@ -149,10 +160,14 @@ func (r *round) confirm(tx *stx, ch *syncproto.Change, areas caseAreas, head uin
 				// Any other change leaves the case to whatever the server
 				// sends (seed 1463, internal/simtest).
 				r.movedAway(k.ID, syncproto.Dot{Device: r.m.Device, Seq: ch.Seq}, head)
+			} else {
+				r.unplaced = max(r.unplaced, head)
 			}
 			if err := r.dropJournal(tx, k.ID); err != nil {
 				return err
 			}
+		} else {
+			r.unplaced = max(r.unplaced, head)
 		}
 		return tx.deleteRecord(k)
 	}

@@ -36,6 +36,12 @@ type round struct {
 	progress func(Progress)
 	toPush   int
 	gone     map[string]handOver // cases this device moved out of its scope this session
+	// unplaced is the highest ack head of accepted changes the device
+	// stored nowhere, not knowing where their record is now (it left the
+	// scope by the device's last knowledge, or was evicted while they were
+	// pending): if the server filed them in scope, they come back with the
+	// backlog past that head.
+	unplaced uint64
 	touched  map[syncproto.Key]bool
 }
 

@@ -53,9 +53,36 @@ func (c *Client) Sync(ctx context.Context, opts *SyncOptions) (SyncResult, error
 	if opts != nil {
 		o = *opts
 	}
-	res, err := c.session(ctx, false, o.Progress)
+	res, again, err := c.session(ctx, false, o.Progress)
+	if err == nil && again {
+		// Changes accepted in this round that the device could not place
+		// were filed after the backlog it read: one more round brings them,
+		// so that a caseworker sees her own writes once Sync returns, not
+		// after the next one. If it fails, they come with the next.
+		more, _, merr := c.session(ctx, false, o.Progress)
+		if merr == nil {
+			res = res.then(more)
+		} else if permanent(merr) || errors.Is(merr, ErrRevoked) {
+			err = merr
+		} else {
+			c.log.Info("sync: the follow-up round failed; the next sync completes it", "err", merr)
+		}
+	}
 	c.setLastError(err)
 	return res, err
+}
+
+// then is the result of round r followed by round next.
+func (r SyncResult) then(next SyncResult) SyncResult {
+	return SyncResult{
+		Pushed:    r.Pushed + next.Pushed,
+		Rejected:  r.Rejected + next.Rejected,
+		Deferred:  next.Deferred,
+		Pulled:    r.Pulled + next.Pulled,
+		Evicted:   r.Evicted + next.Evicted,
+		Conflicts: max(r.Conflicts, next.Conflicts),
+		Seq:       next.Seq,
+	}
 }
 
 // Run keeps the replica in sync until ctx ends: it stays connected, applies
@@ -68,7 +95,7 @@ func (c *Client) Run(ctx context.Context) error {
 	for {
 		c.syncMu.Lock()
 		start := time.Now()
-		_, err := c.session(ctx, true, nil)
+		_, _, err := c.session(ctx, true, nil)
 		c.syncMu.Unlock()
 		if ctx.Err() != nil {
 			return nil
@@ -108,19 +135,21 @@ func permanent(err error) bool {
 	return false
 }
 
-// session runs one connection. The caller holds syncMu.
-func (c *Client) session(ctx context.Context, live bool, progress func(Progress)) (SyncResult, error) {
+// session runs one connection. The caller holds syncMu. again reports
+// that a one-shot round ended before the backlog reached changes it had
+// pushed and could not place (round.unplaced).
+func (c *Client) session(ctx context.Context, live bool, progress func(Progress)) (res SyncResult, again bool, err error) {
 	var m Meta
 	if err := c.view(func(tx *stx) error { var err error; m, err = tx.meta(); return err }); err != nil {
-		return SyncResult{}, err
+		return SyncResult{}, false, err
 	}
 	if m.Device == "" {
-		return SyncResult{}, ErrNotEnrolled
+		return SyncResult{}, false, ErrNotEnrolled
 	}
 	ws, err := c.dial(ctx, m)
 	if err != nil {
 		c.recordOutcome(err)
-		return SyncResult{}, c.terminal(err)
+		return SyncResult{}, false, c.terminal(err)
 	}
 	cn := newConn(ws, c.codec)
 	quit := make(chan struct{})
@@ -133,7 +162,7 @@ func (c *Client) session(ctx context.Context, live bool, progress func(Progress)
 	r := &round{c: c, cn: cn, m: m, live: live, progress: progress}
 	if err := r.handshake(ctx, quit); err != nil {
 		c.recordOutcome(err)
-		return r.res, c.terminal(err)
+		return r.res, false, c.terminal(err)
 	}
 	c.setConnected(true)
 	err = r.loop(ctx)
@@ -167,7 +196,8 @@ func (c *Client) session(ctx context.Context, live bool, progress func(Progress)
 			return nil
 		})
 	}
-	return r.res, c.terminal(err)
+	again = err == nil && !live && r.unplaced > r.m.Checkpoint.Seq
+	return r.res, again, c.terminal(err)
 }
 
 // recordOutcome persists when the replica last synced, or why it failed,

@@ -33,6 +33,16 @@ const (
 // server sends in one session. It is called from one goroutine.
 type Script func(m syncproto.Message) Verdict
 
+// Session is how a relay treats one sync session.
+type Session struct {
+	// Server decides on each server message; nil passes them all.
+	Server Script
+	// PushAfterBacklog holds the device's frames after its hello until the
+	// server has sent caught_up: the server reads the backlog before any
+	// push of the session commits, and the acks come after it.
+	PushAfterBacklog bool
+}
+
 // Relay is a WebSocket relay that sees the protocol's messages. It
 // terminates a device's sync connection, opens its own to the server, and
 // passes the device's frames on unchanged and the server's through a
@@ -45,7 +55,7 @@ type Relay struct {
 	srv      *httptest.Server
 	target   *url.URL
 	codec    *syncproto.Codec
-	script   func(session int) Script
+	session  func(n int) Session
 	sessions atomic.Int64
 	wg       sync.WaitGroup
 
@@ -53,9 +63,9 @@ type Relay struct {
 	delivered map[int][]string // per session, the types of the server's messages forwarded
 }
 
-// NewRelay starts a relay to the server at target (its base URL). script
-// returns the script of the n-th sync session (from 1); nil passes all.
-func NewRelay(target string, script func(n int) Script) (*Relay, error) {
+// NewRelay starts a relay to the server at target (its base URL). session
+// returns how to treat the n-th sync session (from 1); nil passes all.
+func NewRelay(target string, session func(n int) Session) (*Relay, error) {
 	u, err := url.Parse(target)
 	if err != nil {
 		return nil, err
@@ -64,7 +74,7 @@ func NewRelay(target string, script func(n int) Script) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Relay{target: u, codec: codec, script: script}
+	r := &Relay{target: u, codec: codec, session: session}
 	mux := http.NewServeMux()
 	mux.Handle("/", httputil.NewSingleHostReverseProxy(u))
 	mux.HandleFunc("/v1/sync", r.sync)
@@ -134,15 +144,26 @@ func (r *Relay) sync(w http.ResponseWriter, req *http.Request) {
 	server.SetReadLimit(int64(r.codec.MaxFrame()))
 	device.SetReadLimit(int64(r.codec.MaxFrame()))
 
-	// Device to server: unchanged.
+	var sess Session
+	if r.session != nil {
+		sess = r.session(n)
+	}
+	script := sess.Server
+
+	// Device to server: unchanged, the frames after the hello held until
+	// caught_up if asked.
+	caughtUp := make(chan struct{}) // closed when the server's caught_up is read
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		defer server.Close()
-		for {
+		for i := 0; ; i++ {
 			typ, frame, err := device.ReadMessage()
 			if err != nil {
 				return
+			}
+			if sess.PushAfterBacklog && i > 0 {
+				<-caughtUp // or closed at the session's end
 			}
 			if server.WriteMessage(typ, frame) != nil {
 				return
@@ -151,12 +172,10 @@ func (r *Relay) sync(w http.ResponseWriter, req *http.Request) {
 	}()
 	defer func() { <-done }()
 	defer device.Close()
+	var once sync.Once
+	defer once.Do(func() { close(caughtUp) })
 
 	// Server to device: through the script.
-	var script Script
-	if r.script != nil {
-		script = r.script(n)
-	}
 	compressed := false
 	var held []heldFrame
 	for {
@@ -169,8 +188,11 @@ func (r *Relay) sync(w http.ResponseWriter, req *http.Request) {
 		}
 		v, name := Pass, "undecodable"
 		if m, err := r.codec.Decode(frame, compressed); err == nil {
-			if w, ok := m.(*syncproto.Welcome); ok {
-				compressed = w.Compression == syncproto.CompressionZstd
+			switch m := m.(type) {
+			case *syncproto.Welcome:
+				compressed = m.Compression == syncproto.CompressionZstd
+			case *syncproto.CaughtUp:
+				once.Do(func() { close(caughtUp) })
 			}
 			if script != nil {
 				v = script(m)

@@ -56,6 +56,17 @@ const knownLostHandOver knownBug = "lost-hand-over"
 // the client: only a change that writes the area is a hand-over.
 const knownAckFirst knownBug = "ack-first"
 
+// The same CI run showed a second seed, which truncation of the log hid:
+// after a completed sync a device held a case that its own hand-over had
+// moved out of its scope. A scope update had evicted the case (by the
+// device's knowledge in a lost area) while the move was pending; the ack
+// then skipped the evicted record without remembering the hand-over, and
+// a backlog read before the move committed brought the case back where
+// another device had moved it, in scope. Fixed in the client's confirm;
+// internal/e2e TestOwnHandOverAfterScopeLoss makes the order happen. The
+// simulation now ends a failing run of many seeds with the seeds and
+// their first violations, where a truncated log still shows them.
+
 // tolerate reports whether the discrepancy of record k on d is the
 // symptom of one of the known bugs listed, and counts it. In strict mode it
 // tolerates nothing, but names the bug in the violation that follows.

@@ -76,6 +76,8 @@ type Stats struct {
 	SimulatedTime                     time.Duration
 	// Known counts the symptoms of known bugs tolerated, by bug.
 	Known map[knownBug]int
+	// First holds the first violations, for a summary of many runs.
+	First []string
 }
 
 func (st Stats) String() string {
@@ -194,6 +196,9 @@ func (s *Sim) violate(format string, args ...any) {
 	s.logf("VIOLATION: %s", msg)
 	if s.violations <= maxViolations {
 		s.t.Errorf("seed %d, step %d: %s", s.cfg.Seed, s.step, msg)
+	}
+	if len(s.stats.First) < 2 {
+		s.stats.First = append(s.stats.First, fmt.Sprintf("step %d: %s", s.step, msg))
 	}
 }
 

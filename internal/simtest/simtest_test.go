@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,10 +94,17 @@ func parseSteps(list string) (map[int]bool, error) {
 }
 
 // runSeed runs one simulation in its own bubble.
-func runSeed(t *testing.T, cfg Config) {
+// If st is not nil, it receives the run's stats (synctest.Test does not
+// return from a failed run: it calls FailNow).
+func runSeed(t *testing.T, cfg Config, st *Stats) {
 	t.Helper()
 	cfg.Trace = cfg.Trace || *flagTrace
-	synctest.Test(t, func(t *testing.T) { Run(t, cfg) })
+	synctest.Test(t, func(t *testing.T) {
+		out := Run(t, cfg)
+		if st != nil {
+			*st = out
+		}
+	})
 }
 
 // TestSimulation runs -simtest.seeds random schedules. A run spends most
@@ -117,13 +125,25 @@ func TestSimulation(t *testing.T) {
 		}
 	}
 	seeds := make(chan uint64)
-	var wg sync.WaitGroup
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		failed []uint64
+		first  = map[uint64][]string{}
+	)
 	for range min(workers, n) {
 		wg.Go(func() {
 			for seed := range seeds {
-				t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-					runSeed(t, Config{Seed: seed, Steps: *flagSteps, Skip: skip, Strict: *flagStrict})
+				var st Stats
+				ok := t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+					runSeed(t, Config{Seed: seed, Steps: *flagSteps, Skip: skip, Strict: *flagStrict}, &st)
 				})
+				if !ok {
+					mu.Lock()
+					failed = append(failed, seed)
+					first[seed] = st.First
+					mu.Unlock()
+				}
 			}
 		})
 	}
@@ -132,4 +152,17 @@ func TestSimulation(t *testing.T) {
 	}
 	close(seeds)
 	wg.Wait()
+	if len(failed) > 0 {
+		// Last in the output, where a truncated CI log still shows it.
+		slices.Sort(failed)
+		var b strings.Builder
+		for _, seed := range failed {
+			fmt.Fprintf(&b, "\nseed %d:", seed)
+			for _, v := range first[seed] {
+				fmt.Fprintf(&b, "\n\t%s", v)
+			}
+		}
+		t.Logf("%d of %d seeds failed: %v; run one again with\n\t%s%s", len(failed), n, failed,
+			Config{Seed: failed[0], Steps: *flagSteps, Skip: skip}.rerun(), b.String())
+	}
 }
